@@ -1,0 +1,5 @@
+import sys
+
+from g2interp.cli import main
+
+sys.exit(main())
