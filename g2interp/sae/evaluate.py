@@ -1,0 +1,249 @@
+"""SAE evaluations: reconstruction and sparsity on activation batches, and the LM loss when spliced in.
+
+Both return named results that write themselves as JSON beside the SAE (``eval.json``,
+``delta_lm_loss.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as nnf
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from g2interp.loading.files import atomic_write_text
+from g2interp.sae.constants import DELTA_LOSS_RESULTS_FILE, EVAL_RESULTS_FILE
+from g2interp.sae.sae import JumpReLUSAE
+
+
+@dataclass(frozen=True)
+class SAEEvalResult:
+    """Reconstruction and sparsity of an SAE on a set of activations."""
+
+    n_tokens: int
+    """Activation vectors evaluated."""
+    l0: float
+    """Active latents per token, averaged."""
+    mse: float
+    """Mean squared error per element, ``mean((x - x̂)²)`` over tokens and features."""
+    fvu: float
+    """Fraction of variance unexplained: ``Σ‖x - x̂‖² / Σ‖x - x̄‖²`` (x̄ the mean over all tokens)."""
+    variance_explained: float
+    """``1 - fvu``."""
+    dead_fraction: float
+    """Latents that fired on none of the tokens."""
+    dense_fraction: float
+    """Latents firing on more than ``dense_threshold`` of the tokens."""
+    dense_threshold: float
+    """Firing frequency above which a latent counts as dense."""
+    density_hist_edges: tuple[float, ...]
+    """log10 firing-frequency bin edges of the histogram (latents that fired at least once)."""
+    density_hist_counts: tuple[int, ...]
+    """Latents per bin."""
+    feature_density: Tensor = dataclasses.field(repr=False, compare=False)
+    """Firing frequency per latent [d_sae] (not written to JSON)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "feature_density"}
+        out["density_hist_edges"] = list(self.density_hist_edges)
+        out["density_hist_counts"] = list(self.density_hist_counts)
+        return out
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``eval.json`` into ``folder`` (atomically)."""
+        path = Path(folder) / EVAL_RESULTS_FILE
+        atomic_write_text(path, json.dumps(_json_safe(self.to_dict()), indent=2) + "\n")
+        return path
+
+
+@dataclass(frozen=True)
+class DeltaLossResult:
+    """Next-token cross-entropy with the SAE's reconstruction spliced in at its hook."""
+
+    hook_name: str
+    """Where the activation was replaced."""
+    n_tokens: int
+    """Predicted tokens the losses average over."""
+    ce_clean: float
+    """Cross-entropy of the unmodified model."""
+    ce_sae: float
+    """Cross-entropy with the activation replaced by the SAE's reconstruction."""
+    ce_zero: float
+    """Cross-entropy with the activation replaced by zeros."""
+    delta_loss: float
+    """``ce_sae - ce_clean``."""
+    fraction_recovered: float
+    """``(ce_zero - ce_sae) / (ce_zero - ce_clean)``: 1 when splicing costs nothing, 0 when it is as bad
+    as zero ablation (NaN when zero ablation costs nothing)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``delta_lm_loss.json`` into ``folder`` (atomically)."""
+        path = Path(folder) / DELTA_LOSS_RESULTS_FILE
+        atomic_write_text(path, json.dumps(_json_safe(self.to_dict()), indent=2) + "\n")
+        return path
+
+
+@torch.no_grad()
+def evaluate_sae(
+    sae: JumpReLUSAE,
+    batches: Iterable[Float[Tensor, "... d_in"]],
+    *,
+    max_batches: int | None = None,
+    dense_threshold: float = 0.1,
+    hist_bins: int = 40,
+    hist_min_log10: float = -8.0,
+) -> SAEEvalResult:
+    """L0, MSE, FVU, dead and dense latents, and the firing-density histogram over raw activation batches.
+
+    Sums are accumulated in float64 in one pass, so the result does not depend on how the tokens are batched
+    beyond float rounding of the SAE itself.
+    """
+    if not 0 < dense_threshold <= 1:
+        raise ValueError(f"dense_threshold must lie in (0, 1], got {dense_threshold}")
+    d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
+    n = 0
+    sum_x_D = torch.zeros(d_in, dtype=torch.float64)
+    sum_sq_x = 0.0
+    sum_sq_err = 0.0
+    fired_F = torch.zeros(d_sae, dtype=torch.int64)
+    for i, batch in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        x_ND = batch.reshape(-1, d_in).to(sae.W_enc.device)
+        acts_NF = sae.encode(x_ND)
+        err_ND = (sae.decode(acts_NF) - x_ND.to(acts_NF.dtype)).double()
+        x64_ND = x_ND.double()
+        n += x_ND.shape[0]
+        sum_x_D += x64_ND.sum(0).cpu()
+        sum_sq_x += float((x64_ND * x64_ND).sum())
+        sum_sq_err += float((err_ND * err_ND).sum())
+        fired_F += (acts_NF != 0).sum(0).cpu()
+    if n == 0:
+        raise ValueError("no activations to evaluate: the batches were empty")
+    total_var = sum_sq_x - float(sum_x_D @ sum_x_D) / n
+    fvu = sum_sq_err / total_var if total_var > 0 else float("nan")
+    density_F = fired_F.double() / n
+    alive = density_F[density_F > 0]
+    edges = torch.linspace(hist_min_log10, 0.0, hist_bins + 1, dtype=torch.float64)
+    counts = torch.histc(alive.log10().clamp(min=hist_min_log10), bins=hist_bins, min=hist_min_log10, max=0.0)
+    return SAEEvalResult(
+        n_tokens=n,
+        l0=float(fired_F.sum()) / n,
+        mse=sum_sq_err / (n * d_in),
+        fvu=fvu,
+        variance_explained=1.0 - fvu,
+        dead_fraction=float((fired_F == 0).sum()) / d_sae,
+        dense_fraction=float((density_F > dense_threshold).sum()) / d_sae,
+        dense_threshold=dense_threshold,
+        density_hist_edges=tuple(float(e) for e in edges),
+        density_hist_counts=tuple(int(c) for c in counts),
+        feature_density=density_F,
+    )
+
+
+class HookableLM(Protocol):
+    """What :func:`delta_lm_loss` needs of a model (HookedGemma and TransformerLens models have it)."""
+
+    def __call__(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor: ...
+
+    def run_with_hooks(self, *args: Any, fwd_hooks: list[tuple[str, Any]], **kwargs: Any) -> Tensor: ...
+
+
+@torch.no_grad()
+def delta_lm_loss(
+    model: HookableLM,
+    sae: JumpReLUSAE,
+    tokens: Int[Tensor, "batch pos"],
+    hook_name: str | None = None,
+    *,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    splice_bos: bool = False,
+    bos_token_id: int | None = None,
+) -> DeltaLossResult:
+    """Cross-entropy clean, with the SAE reconstruction spliced in, and with the activation zero-ablated.
+
+    The loss averages over next-token predictions whose input and target are both real tokens. Unless
+    ``splice_bos``, positions holding the BOS token keep their clean activation in both modified runs
+    (their activations are outliers SAEs are not trained on; Gemma Scope excludes them).
+    """
+    hook_name = hook_name or sae.cfg.hook_name
+    if not hook_name:
+        raise ValueError("no hook name: pass hook_name or use an SAE whose cfg.hook_name is set")
+    if tokens.dim() != 2 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be [batch, pos] with pos >= 2, got shape {tuple(tokens.shape)}")
+    mask_BQ = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    splice_BQ = mask_BQ.clone()
+    if not splice_bos:
+        if bos_token_id is None:
+            bos_token_id = getattr(getattr(model, "cfg", None), "bos_token_id", None)
+        if bos_token_id is not None:
+            splice_BQ &= tokens != bos_token_id
+    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+
+    def replace_with(fn: Any) -> Any:
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            B, Q = act.shape[:2]
+            act_BQD = act.reshape(B, Q, -1)
+            if act_BQD.shape[-1] != sae.cfg.d_in:
+                raise ValueError(
+                    f"{hook_name} gives activations of shape {tuple(act.shape)}; the SAE reads {sae.cfg.d_in}"
+                )
+            new_BQD = fn(act_BQD).to(act.dtype)
+            keep_BQ1 = splice_BQ.to(act.device)[:, :, None]
+            return torch.where(keep_BQ1, new_BQD, act_BQD).reshape(act.shape)
+
+        return hook
+
+    ce_clean, n_tokens = _next_token_ce(model(tokens, **kwargs), tokens, mask_BQ)
+    logits_sae = model.run_with_hooks(
+        tokens, fwd_hooks=[(hook_name, replace_with(lambda a: sae.decode(sae.encode(a))))], **kwargs
+    )
+    logits_zero = model.run_with_hooks(
+        tokens, fwd_hooks=[(hook_name, replace_with(torch.zeros_like))], **kwargs
+    )
+    ce_sae, _ = _next_token_ce(logits_sae, tokens, mask_BQ)
+    ce_zero, _ = _next_token_ce(logits_zero, tokens, mask_BQ)
+    gap = ce_zero - ce_clean
+    return DeltaLossResult(
+        hook_name=hook_name,
+        n_tokens=n_tokens,
+        ce_clean=ce_clean,
+        ce_sae=ce_sae,
+        ce_zero=ce_zero,
+        delta_loss=ce_sae - ce_clean,
+        fraction_recovered=(ce_zero - ce_sae) / gap if gap != 0 else float("nan"),
+    )
+
+
+def _next_token_ce(logits_BQV: Tensor, tokens_BQ: Tensor, mask_BQ: Tensor) -> tuple[float, int]:
+    """Mean cross-entropy of predicting token q+1 from position q, over pairs of real tokens."""
+    logp_BQV = nnf.log_softmax(logits_BQV[:, :-1].double(), dim=-1)
+    target_BQ = tokens_BQ[:, 1:].to(logits_BQV.device)
+    nll_BQ = -logp_BQV.gather(-1, target_BQ[..., None])[..., 0]
+    valid_BQ = (mask_BQ[:, 1:] & mask_BQ[:, :-1]).to(logits_BQV.device)
+    n = int(valid_BQ.sum())
+    if n == 0:
+        raise ValueError("no next-token pairs of real tokens to score")
+    return float(nll_BQ[valid_BQ].sum()) / n, n
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and inf as null, so the JSON is strict."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
