@@ -111,3 +111,19 @@ def test_load_peak_memory_below_2_5_gb():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     peak_gb = int(out.stdout.strip().splitlines()[-1]) / 2**20
     assert peak_gb < 2.5, f"peak RSS {peak_gb:.2f} GB"
+
+
+def test_folder_tokenizer_json_equals_transformers(embedded_hf, tmp_path):
+    """A folder's tokenizer.json (as transformers saves it) gives transformers' ids."""
+    from transformers import AutoTokenizer
+
+    from g2interp import GemmaTokenizer
+
+    _, tokenizer = embedded_hf
+    tokenizer.save_pretrained(tmp_path)
+    reference = AutoTokenizer.from_pretrained(tmp_path)
+    ours = GemmaTokenizer.from_file(
+        tmp_path / "tokenizer.json", bos_token_id=2, eos_token_id=1, pad_token_id=0
+    )
+    for text in TEXTS:
+        assert ours.encode(text) == reference(text).input_ids

@@ -228,3 +228,15 @@ def test_gguf_config_overrides_validated(tiny_gguf):
         load_model(tiny_gguf, device="cpu", config_overrides={"nonsense": 1})
     model = load_model(tiny_gguf, device="cpu", config_overrides={"query_pre_attn_scalar": 100.0})
     assert model.cfg.query_pre_attn_scalar == 100.0
+
+
+def test_fused_weights_hold_checkpoint_matrices(gemma3_folder):
+    hf, folder = gemma3_folder
+    model = load_model(folder, device="cpu")
+    attn, mlp = model.blocks[1].attn, model.blocks[1].mlp
+    ref = hf.model.layers[1]
+    assert torch.equal(attn.W_Q, ref.self_attn.q_proj.weight)
+    assert torch.equal(attn.W_K, ref.self_attn.k_proj.weight)
+    assert torch.equal(attn.W_V, ref.self_attn.v_proj.weight)
+    assert torch.equal(mlp.W_gate, ref.mlp.gate_proj.weight)
+    assert torch.equal(mlp.W_in, ref.mlp.up_proj.weight)

@@ -29,6 +29,32 @@ def expand_name_map(template: Mapping[str, str], n_layers: int) -> dict[str, str
     return out
 
 
+def fused_parameters(cfg: ModelConfig) -> dict[str, tuple[tuple[str, int], ...]]:
+    """Per block, the fused parameters and their (checkpoint-level part name, rows) in order."""
+    qkv = (
+        ("attn.q_proj.weight", cfg.n_heads * cfg.d_head),
+        ("attn.k_proj.weight", cfg.n_kv_heads * cfg.d_head),
+        ("attn.v_proj.weight", cfg.n_kv_heads * cfg.d_head),
+    )
+    gate_up = (("mlp.gate_proj.weight", cfg.d_mlp), ("mlp.up_proj.weight", cfg.d_mlp))
+    return {"attn.qkv_proj.weight": qkv, "mlp.gate_up_proj.weight": gate_up}
+
+
+def logical_shapes(model: HookedGemma) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes as checkpoints name them: fused matrices listed as their parts."""
+    fused = fused_parameters(model.cfg)
+    out: dict[str, tuple[int, ...]] = {}
+    for name, p in model.named_parameters():
+        suffix = next((f for f in fused if name.endswith("." + f)), None)
+        if suffix is None:
+            out[name] = tuple(p.shape)
+            continue
+        prefix = name[: -len(suffix)]
+        for part, rows in fused[suffix]:
+            out[prefix + part] = (rows, *p.shape[1:])
+    return out
+
+
 def build_model(
     cfg: ModelConfig,
     tensors: Iterable[tuple[str, Tensor]],
@@ -45,7 +71,7 @@ def build_model(
     """
     with torch.device("meta"):
         model = HookedGemma(cfg, tokenizer)
-    expected = {name: p.shape for name, p in model.named_parameters()}
+    expected = logical_shapes(model)
     state: dict[str, Tensor] = {}
     for name, tensor in tensors:
         if name not in expected:
@@ -63,6 +89,10 @@ def build_model(
     if missing:
         shown = ", ".join(missing[:8]) + (f" ... ({len(missing)} in all)" if len(missing) > 8 else "")
         raise CheckpointError(f"{source}: missing tensors {shown}")
+    for layer in range(cfg.n_layers):
+        for fused, parts in fused_parameters(cfg).items():
+            prefix = f"blocks.{layer}."
+            state[prefix + fused] = torch.cat([state.pop(prefix + part) for part, _ in parts])
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 

@@ -77,9 +77,9 @@ class Attention(nn.Module):
         self.window = cfg.sliding_window if self.attn_type is AttentionType.SLIDING else None
         self.scale = cfg.query_pre_attn_scalar**-0.5  # Gemma scales by query_pre_attn_scalar, not d_head
         self.softcap = cfg.attn_logit_softcap
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.d_head, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=False)
+        self.split = (cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head)
+        # q, k and v projections fused into one matmul (rows: q, then k, then v), as the loaders assemble it
+        self.qkv_proj = nn.Linear(cfg.d_model, sum(self.split), bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.d_head, cfg.d_model, bias=False)
         if cfg.use_qk_norm:
             self.q_norm = RMSNorm(cfg.d_head, cfg.rms_norm_eps)  # hooks see [B*Q*H, D] as in TransformerLens
@@ -95,6 +95,21 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [B, H, Q, K]
         self.hook_z = HookPoint()  # [B, Q, H, D]
 
+    @property
+    def W_Q(self) -> Tensor:
+        """Query projection [H*D, M] (a view into the fused q/k/v weight)."""
+        return self.qkv_proj.weight[: self.split[0]]
+
+    @property
+    def W_K(self) -> Tensor:
+        """Key projection [G*D, M]."""
+        return self.qkv_proj.weight[self.split[0] : self.split[0] + self.split[1]]
+
+    @property
+    def W_V(self) -> Tensor:
+        """Value projection [G*D, M]."""
+        return self.qkv_proj.weight[self.split[0] + self.split[1] :]
+
     def forward(
         self,
         x_BQM: Tensor,
@@ -104,9 +119,10 @@ class Attention(nn.Module):
         layer: int = 0,
     ) -> Tensor:
         B, Q, _ = x_BQM.shape
-        q_BQHD = self.hook_q(self.q_proj(x_BQM).view(B, Q, self.n_heads, self.d_head))
-        k_BQGD = self.hook_k(self.k_proj(x_BQM).view(B, Q, self.n_kv_heads, self.d_head))
-        v_BQGD = self.hook_v(self.v_proj(x_BQM).view(B, Q, self.n_kv_heads, self.d_head))
+        q_BQx, k_BQx, v_BQx = self.qkv_proj(x_BQM).split(self.split, dim=-1)
+        q_BQHD = self.hook_q(q_BQx.reshape(B, Q, self.n_heads, self.d_head))
+        k_BQGD = self.hook_k(k_BQx.reshape(B, Q, self.n_kv_heads, self.d_head))
+        v_BQGD = self.hook_v(v_BQx.reshape(B, Q, self.n_kv_heads, self.d_head))
         if self.q_norm is not None:  # Gemma 3 normalises each head before RoPE
             q_BQHD = self.q_norm(q_BQHD.reshape(-1, self.d_head)).view(q_BQHD.shape)
             k_BQGD = self.k_norm(k_BQGD.reshape(-1, self.d_head)).view(k_BQGD.shape)
@@ -138,16 +154,27 @@ class GatedMLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=False)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=False)
+        self.d_mlp = cfg.d_mlp
+        # gate and up projections fused into one matmul (rows: gate, then up)
+        self.gate_up_proj = nn.Linear(cfg.d_model, 2 * cfg.d_mlp, bias=False)
         self.down_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=False)
         self.hook_pre = HookPoint()  # [B, Q, F]: gate pre-activation
         self.hook_pre_linear = HookPoint()  # [B, Q, F]: up projection
         self.hook_post = HookPoint()  # [B, Q, F]: gelu(gate) * up
 
+    @property
+    def W_gate(self) -> Tensor:
+        """Gate projection [F, M] (a view into the fused gate/up weight)."""
+        return self.gate_up_proj.weight[: self.d_mlp]
+
+    @property
+    def W_in(self) -> Tensor:
+        """Up projection [F, M]."""
+        return self.gate_up_proj.weight[self.d_mlp :]
+
     def forward(self, x_BQM: Tensor) -> Tensor:
-        gate_BQF = self.hook_pre(self.gate_proj(x_BQM))
-        up_BQF = self.hook_pre_linear(self.up_proj(x_BQM))
+        gate_BQF, up_BQF = self.gate_up_proj(x_BQM).split(self.d_mlp, dim=-1)
+        gate_BQF, up_BQF = self.hook_pre(gate_BQF), self.hook_pre_linear(up_BQF)
         post_BQF = self.hook_post(F.gelu(gate_BQF, approximate="tanh") * up_BQF)  # Gemma's gelu_pytorch_tanh
         return self.down_proj(post_BQF)
 
