@@ -79,6 +79,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Stages with their own config dataclass and parser: `g2interp NAME ...` hands the rest to MODULE.main(argv).
+DELEGATED = {
+    "capture": (
+        "g2interp.activations.cli",
+        "capture activations of a corpus into a sharded, resumable store",
+    ),
+    "train-sae": ("g2interp.sae.cli", "train and evaluate a JumpReLU SAE on a model's activations"),
+    "moderate": ("g2interp.moderation.cli", "harm probabilities of a prompt (and response) as JSON"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="g2interp", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
@@ -98,10 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=None)
     gen.set_defaults(func=cmd_generate)
+
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=f"{help_text} (g2interp {name} --help)", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"

@@ -115,9 +115,12 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex_softcap(q_BHQD, k_BGKD, v_BGKD, mask, scale, softcap) -> Tensor:
-    """FlexAttention (CUDA) with a tanh soft-cap ``score_mod``, the masks as a block mask."""
-    from torch.nn.attention.flex_attention import create_block_mask
+def _flex_softcap(q_BHQD, k_BGKD, v_BGKD, mask, scale, softcap, compiled: bool = True) -> Tensor:
+    """FlexAttention (CUDA) with a tanh soft-cap ``score_mod``, the masks as a block mask.
+
+    ``compiled=False`` runs FlexAttention's eager reference (any device; used to test the mods).
+    """
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     B, _, Q, _ = q_BHQD.shape
     K = k_BGKD.shape[2]
@@ -130,7 +133,7 @@ def _flex_softcap(q_BHQD, k_BGKD, v_BGKD, mask, scale, softcap) -> Tensor:
         return torch.tanh(score / softcap) * softcap
 
     block_mask = create_block_mask(mask_mod, B, None, Q, K, device=q_BHQD.device)
-    return _compiled_flex()(
+    return (_compiled_flex() if compiled else flex_attention)(
         q_BHQD,
         k_BGKD,
         v_BGKD,
