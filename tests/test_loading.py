@@ -240,3 +240,21 @@ def test_fused_weights_hold_checkpoint_matrices(gemma3_folder):
     assert torch.equal(attn.W_V, ref.self_attn.v_proj.weight)
     assert torch.equal(mlp.W_gate, ref.mlp.gate_proj.weight)
     assert torch.equal(mlp.W_in, ref.mlp.up_proj.weight)
+
+
+def test_hub_id_resolved_from_local_cache(gemma3_folder, tmp_path, monkeypatch):
+    """A hub id loads offline from a Hugging Face cache laid out as the hub client writes it."""
+    import huggingface_hub.constants as hc
+
+    hf, folder = gemma3_folder
+    repo = tmp_path / "models--google--tiny-gemma"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    shutil.copytree(folder, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    model = load_model("google/tiny-gemma", device="cpu")
+    tokens = torch.randint(3, 96, (1, 6))
+    with torch.no_grad():
+        assert torch.allclose(model(tokens), hf(tokens).logits, atol=1e-4)
