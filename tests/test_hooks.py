@@ -165,3 +165,17 @@ def test_generation_stops_at_eos(model):
     finally:
         model.cfg = replace(model.cfg, eos_token_ids=(1,))
     assert out.new_tokens == [[first]] and out.finished == [True]
+
+
+def test_bad_text_is_rejected():
+    from tests.activations.act_helpers import tiny_model
+
+    model = tiny_model()
+    with pytest.raises(ValueError, match="text 1 is empty"):
+        model.tokenize(["fine", ""])
+    with pytest.raises(TypeError, match="text 0 is a int"):
+        model.tokenize([3])
+    with pytest.raises(ValueError, match="no text given"):
+        model.tokenize([])
+    with pytest.raises(ValueError, match="tokens long; the limit is 3 tokens"):
+        model.tokenize("a b c", max_length=3)

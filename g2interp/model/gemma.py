@@ -222,8 +222,8 @@ class HookedGemma(HookedRootModule):
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"text {i} is a {type(t).__name__}; texts must be str")
-            if not t and not prepend_bos:
-                raise ValueError(f"text {i} is empty and prepend_bos=False: there is nothing to run")
+            if not t:
+                raise ValueError(f"text {i} is empty; pass non-empty text (or token ids to run BOS alone)")
         ids = tok.encode_batch(texts, prepend_bos=prepend_bos, special_tokens_as_text=special_tokens_as_text)
         limit = max_length or self.cfg.max_position_embeddings
         for i, seq in enumerate(ids):
