@@ -28,9 +28,6 @@ from torch import Tensor, nn
 from g2interp.sae.sae import JumpReLUSAE, SAEConfig
 from g2interp.sae.ste import jumprelu, step
 
-#: Values of :attr:`SAETrainingConfig.b_dec_init`.
-B_DEC_INITS = ("zeros", "mean")
-
 
 @dataclass(frozen=True)
 class SAETrainingConfig:
@@ -81,16 +78,6 @@ class SAETrainingConfig:
     sparse_below: float = 0.03
     """Use sparse decode kernels when the fraction of (token, latent) pairs at or within one bandwidth
     below threshold is under this (0: always dense)."""
-    target_l0: float = 0.0
-    """When > 0: the initial thresholds make each latent fire on ``target_l0 / d_sae`` of the first
-    batch's tokens, and λ is steered to hold L0 there (:func:`steer_l0_coefficient`, starting from
-    ``l0_coefficient``; ``l0_warmup_steps`` is then unused). 0: Gemma Scope's fixed λ after warm-up."""
-    l0_controller_rate: float = 0.02
-    """Gain of the λ controller: per step ``log λ += rate · log(L0 / target_l0)`` (clipped to ±10·rate)."""
-    b_dec_init: str = "zeros"
-    """``"zeros"`` (Gemma Scope) or ``"mean"``: ``b_dec`` starts at the mean of the input-scale batches
-    and ``b_enc`` at ``-mean · W_enc``, so the encoder starts on centred inputs (short runs need it:
-    a few residual dimensions carry most of the norm as an almost constant offset)."""
     hook_name: str = ""
     """Hook the activations come from (recorded in the saved SAEs)."""
     model_name: str = ""
@@ -135,14 +122,6 @@ class SAETrainingConfig:
         object.__setattr__(self, "adam_betas", betas)  # Adam wants floats (not a float and an int)
         if not 0 <= self.sparse_below <= 1:
             raise ValueError(f"sparse_below must lie in [0, 1], got {self.sparse_below!r}")
-        if not math.isfinite(self.target_l0) or not 0 <= self.target_l0 <= self.d_sae:
-            raise ValueError(f"target_l0 must lie in [0, d_sae={self.d_sae}], got {self.target_l0!r}")
-        if not math.isfinite(self.l0_controller_rate) or self.l0_controller_rate <= 0:
-            raise ValueError(f"l0_controller_rate must be positive, got {self.l0_controller_rate!r}")
-        if self.target_l0 > 0 and self.l0_coefficient <= 0:
-            raise ValueError("target_l0 steers λ multiplicatively: l0_coefficient (its start) must be > 0")
-        if self.b_dec_init not in B_DEC_INITS:
-            raise ValueError(f"b_dec_init must be one of {B_DEC_INITS}, got {self.b_dec_init!r}")
 
     @property
     def total_steps(self) -> int:
@@ -160,19 +139,6 @@ class SAETrainingConfig:
         if unknown:
             raise ValueError(f"unknown SAETrainingConfig fields {unknown}")
         return cls(**{**data, "adam_betas": tuple(data.get("adam_betas", (0.0, 0.999)))})
-
-
-def steer_l0_coefficient(cfg: SAETrainingConfig, coefficient: float, l0: float) -> float:
-    """λ for the next step: integral control of log L0 towards ``cfg.target_l0``.
-
-    ``log λ`` moves by ``rate · log(L0 / target)`` (clipped to ±10·rate per step): up while the SAE is
-    denser than the target, down while sparser. The thresholds follow λ within tens of steps (Adam
-    moves each log-threshold by about ``lr`` per step), so a small gain keeps the loop from ringing.
-    """
-    ratio = max(l0, 1e-3) / cfg.target_l0
-    change = cfg.l0_controller_rate * math.log(ratio)
-    limit = 10 * cfg.l0_controller_rate
-    return coefficient * math.exp(min(limit, max(-limit, change)))
 
 
 def learning_rate(cfg: SAETrainingConfig, step_index: int) -> float:
@@ -354,36 +320,6 @@ def make_saes(
     if not coefs:
         raise ValueError("l0_coefficients is empty")
     return [JumpReLUTrainingSAE.initialised(cfg, l0_coefficient=c) for c in coefs]
-
-
-@torch.no_grad()
-def init_from_data(
-    sae: JumpReLUTrainingSAE,
-    *,
-    mean_D: Float[Tensor, " d_in"] | None = None,
-    first_batch_BD: Float[Tensor, "batch d_in"] | None = None,
-    target_l0: float = 0.0,
-    min_threshold: float = 1e-3,
-) -> None:
-    """Data-dependent start from scaled inputs: centring biases and per-latent threshold quantiles.
-
-    ``mean_D``: ``b_dec = mean`` and ``b_enc = -mean · W_enc`` (the encoder then reads centred inputs).
-    ``target_l0`` with ``first_batch_BD``: each latent's threshold is set to the pre-activation it
-    exceeds on ``round(target_l0 · B / d_sae)`` (at least 1) of the batch's tokens, so the first L0 is
-    about ``target_l0`` and no latent starts dead; thresholds stay at or above ``min_threshold``.
-    """
-    if mean_D is not None:
-        sae.b_dec.copy_(mean_D.to(sae.b_dec))
-        sae.b_enc.copy_(-(mean_D.to(sae.W_enc) @ sae.W_enc))
-    if target_l0 > 0:
-        if first_batch_BD is None:
-            raise ValueError("target_l0 needs first_batch_BD")
-        B = first_batch_BD.shape[0]
-        n_fire = min(B - 1, max(1, round(target_l0 * B / sae.d_sae)))
-        pre_BF = torch.addmm(sae.b_enc, first_batch_BD.to(sae.W_enc), sae.W_enc)
-        # Token count strictly above the (B - n_fire)-th smallest pre-activation is n_fire (ties aside).
-        thr_F = pre_BF.kthvalue(B - n_fire, dim=0).values.clamp(min=min_threshold)
-        sae.log_threshold.copy_(thr_F.log())
 
 
 def _grad_buffer(param: nn.Parameter) -> Tensor:
