@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean explorer
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml requirements.lock
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) experiments/demo.py
+	$(PY) experiments/demo_pipeline.py
+
+explorer: $(STAMP)
+	G2INTERP_EXPLORER_RUNS=runs/demo $(PY) -m streamlit run apps/explorer.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -87,6 +87,7 @@ DELEGATED = {
     ),
     "train-sae": ("g2interp.sae.cli", "train and evaluate a JumpReLU SAE on a model's activations"),
     "moderate": ("g2interp.moderation.cli", "harm probabilities of a prompt (and response) as JSON"),
+    "dashboards": ("g2interp.dashboards.cli", "precompute latent dashboards of an SAE for the explorer"),
 }
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as nnf
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -170,18 +169,22 @@ def delta_lm_loss(
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     splice_bos: bool = False,
     bos_token_id: int | None = None,
+    batch_size: int | None = None,
+    ce_clean: float | None = None,
 ) -> DeltaLossResult:
     """Cross-entropy clean, with the SAE reconstruction spliced in, and with the activation zero-ablated.
 
     The loss averages over next-token predictions whose input and target are both real tokens. Unless
     ``splice_bos``, positions holding the BOS token keep their clean activation in both modified runs
     (their activations are outliers SAEs are not trained on; Gemma Scope excludes them).
+    ``batch_size`` rows go through the model at a time (all by default; logits are ``rows x pos x vocab``
+    floats, so keep it small for large vocabularies). ``ce_clean`` from :func:`next_token_loss` on the
+    same tokens skips the clean runs (e.g. when several SAEs are scored on the same contexts).
     """
     hook_name = hook_name or sae.cfg.hook_name
     if not hook_name:
         raise ValueError("no hook name: pass hook_name or use an SAE whose cfg.hook_name is set")
-    if tokens.dim() != 2 or tokens.shape[1] < 2:
-        raise ValueError(f"tokens must be [batch, pos] with pos >= 2, got shape {tuple(tokens.shape)}")
+    _check_tokens(tokens)
     mask_BQ = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     splice_BQ = mask_BQ.clone()
     if not splice_bos:
@@ -189,9 +192,8 @@ def delta_lm_loss(
             bos_token_id = getattr(getattr(model, "cfg", None), "bos_token_id", None)
         if bos_token_id is not None:
             splice_BQ &= tokens != bos_token_id
-    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
 
-    def replace_with(fn: Any) -> Any:
+    def replace_with(fn: Any, splice_bq: Tensor) -> Any:
         def hook(act: Tensor, hook: Any) -> Tensor:
             B, Q = act.shape[:2]
             act_BQD = act.reshape(B, Q, -1)
@@ -200,42 +202,90 @@ def delta_lm_loss(
                     f"{hook_name} gives activations of shape {tuple(act.shape)}; the SAE reads {sae.cfg.d_in}"
                 )
             new_BQD = fn(act_BQD).to(act.dtype)
-            keep_BQ1 = splice_BQ.to(act.device)[:, :, None]
+            keep_BQ1 = splice_bq.to(act.device)[:, :, None]
             return torch.where(keep_BQ1, new_BQD, act_BQD).reshape(act.shape)
 
         return hook
 
-    ce_clean, n_tokens = _next_token_ce(model(tokens, **kwargs), tokens, mask_BQ)
-    logits_sae = model.run_with_hooks(
-        tokens, fwd_hooks=[(hook_name, replace_with(lambda a: sae.decode(sae.encode(a))))], **kwargs
-    )
-    logits_zero = model.run_with_hooks(
-        tokens, fwd_hooks=[(hook_name, replace_with(torch.zeros_like))], **kwargs
-    )
-    ce_sae, _ = _next_token_ce(logits_sae, tokens, mask_BQ)
-    ce_zero, _ = _next_token_ce(logits_zero, tokens, mask_BQ)
-    gap = ce_zero - ce_clean
+    sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    n_tokens = 0
+    step = batch_size or tokens.shape[0]
+    for start in range(0, tokens.shape[0], step):
+        rows = slice(start, start + step)
+        tokens_bq, mask_bq = tokens[rows], mask_BQ[rows]
+        kwargs = {} if attention_mask is None else {"attention_mask": attention_mask[rows]}
+        runs = {
+            "sae": [(hook_name, replace_with(lambda a: sae.decode(sae.encode(a)), splice_BQ[rows]))],
+            "zero": [(hook_name, replace_with(torch.zeros_like, splice_BQ[rows]))],
+        }
+        if ce_clean is None:
+            nll, n = _next_token_nll(model(tokens_bq, **kwargs), tokens_bq, mask_bq)
+            sums["clean"] += nll
+        for name, hooks in runs.items():
+            nll, n = _next_token_nll(
+                model.run_with_hooks(tokens_bq, fwd_hooks=hooks, **kwargs), tokens_bq, mask_bq
+            )
+            sums[name] += nll
+        n_tokens += n
+    if n_tokens == 0:
+        raise ValueError("no next-token pairs of real tokens to score")
+    clean = sums["clean"] / n_tokens if ce_clean is None else ce_clean
+    ce_sae, ce_zero = sums["sae"] / n_tokens, sums["zero"] / n_tokens
+    gap = ce_zero - clean
     return DeltaLossResult(
         hook_name=hook_name,
         n_tokens=n_tokens,
-        ce_clean=ce_clean,
+        ce_clean=clean,
         ce_sae=ce_sae,
         ce_zero=ce_zero,
-        delta_loss=ce_sae - ce_clean,
+        delta_loss=ce_sae - clean,
         fraction_recovered=(ce_zero - ce_sae) / gap if gap != 0 else float("nan"),
     )
 
 
-def _next_token_ce(logits_BQV: Tensor, tokens_BQ: Tensor, mask_BQ: Tensor) -> tuple[float, int]:
-    """Mean cross-entropy of predicting token q+1 from position q, over pairs of real tokens."""
-    logp_BQV = nnf.log_softmax(logits_BQV[:, :-1].double(), dim=-1)
-    target_BQ = tokens_BQ[:, 1:].to(logits_BQV.device)
-    nll_BQ = -logp_BQV.gather(-1, target_BQ[..., None])[..., 0]
-    valid_BQ = (mask_BQ[:, 1:] & mask_BQ[:, :-1]).to(logits_BQV.device)
-    n = int(valid_BQ.sum())
-    if n == 0:
+@torch.no_grad()
+def next_token_loss(
+    model: HookableLM,
+    tokens: Int[Tensor, "batch pos"],
+    *,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    batch_size: int | None = None,
+) -> float:
+    """Mean next-token cross-entropy of the unmodified model over pairs of real tokens."""
+    _check_tokens(tokens)
+    mask_BQ = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    total, n_tokens = 0.0, 0
+    step = batch_size or tokens.shape[0]
+    for start in range(0, tokens.shape[0], step):
+        rows = slice(start, start + step)
+        kwargs = {} if attention_mask is None else {"attention_mask": attention_mask[rows]}
+        nll, n = _next_token_nll(model(tokens[rows], **kwargs), tokens[rows], mask_BQ[rows])
+        total, n_tokens = total + nll, n_tokens + n
+    if n_tokens == 0:
         raise ValueError("no next-token pairs of real tokens to score")
-    return float(nll_BQ[valid_BQ].sum()) / n, n
+    return total / n_tokens
+
+
+def _check_tokens(tokens: Tensor) -> None:
+    if tokens.dim() != 2 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be [batch, pos] with pos >= 2, got shape {tuple(tokens.shape)}")
+
+
+def _next_token_nll(
+    logits_BQV: Tensor, tokens_BQ: Tensor, mask_BQ: Tensor, chunk: int = 512
+) -> tuple[float, int]:
+    """Summed cross-entropy of predicting token q+1 from position q over pairs of real tokens, and their
+    count; float64, ``chunk`` positions at a time (a [chunk, vocab] float64 block, not the whole batch)."""
+    valid_BQ = (mask_BQ[:, 1:] & mask_BQ[:, :-1]).to(logits_BQV.device)
+    rows_N, pos_N = valid_BQ.nonzero(as_tuple=True)
+    target_N = tokens_BQ.to(logits_BQV.device)[rows_N, pos_N + 1]
+    total = 0.0
+    for start in range(0, target_N.shape[0], chunk):
+        part = slice(start, start + chunk)
+        logits_nV = logits_BQV[rows_N[part], pos_N[part]].double()
+        nll_n = logits_nV.logsumexp(-1) - logits_nV.gather(-1, target_N[part, None])[:, 0]
+        total += float(nll_n.sum())
+    return total, int(target_N.shape[0])
 
 
 def _json_safe(value: Any) -> Any:

@@ -9,6 +9,10 @@ The trainer never sees a language model. It takes activation batches ``[batch_si
 Either way the stream must yield the same batches in the same order every time it is opened.
 Batch ``i`` is trained on at step ``i``; the first ``n_norm_batches`` also set the input scale.
 
+Data-parallel (``parallel=DataParallel(...)``, see :mod:`g2interp.sae.distributed`): each rank's stream
+yields its own ``batch_size // world_size`` rows of every global batch; gradients, firing counts and
+metrics are summed over the ranks, and only rank 0 writes checkpoints, logs and the final SAEs.
+
 A checkpoint (every ``checkpoint_every`` steps, and at the end) is a folder ``step_000001000/`` with
 ``trainer_state.safetensors`` (weights, Adam moments, firing counters, torch RNG) and
 ``trainer_state.json`` (step, input scale, config); it is written under a temporary name and renamed,
@@ -18,6 +22,7 @@ A trainer built with the same arguments resumes from it and ends bitwise equal t
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -44,15 +49,19 @@ from g2interp.sae.constants import (
     FINAL_SAE_DIR_TEMPLATE,
     SAE_SPARSITY_FILE,
 )
+from g2interp.sae.distributed import DataParallel
 from g2interp.sae.sae import JumpReLUSAE
 from g2interp.sae.training import (
     JumpReLUTrainingSAE,
+    L0Steer,
     SAETrainingConfig,
     StepStats,
+    init_from_data,
     l0_coefficient_at,
     learning_rate,
     loss_and_grads,
     make_saes,
+    steer_l0_coefficient,
 )
 
 logger = logging.getLogger(__name__)
@@ -119,8 +128,15 @@ class SAETrainer:
         *,
         metrics_log: str | Path | None = None,
         progress: bool = True,
+        parallel: DataParallel | None = None,
     ):
         self.cfg = cfg
+        self.parallel = parallel if parallel is not None and parallel.world_size > 1 else None
+        self.is_main = self.parallel is None or self.parallel.is_main
+        #: Rows of each batch this process trains on (``batch_size`` unless data-parallel).
+        self.local_batch_size = (
+            cfg.batch_size if self.parallel is None else self.parallel.local_batch_size(cfg.batch_size)
+        )
         if saes is None:
             saes = make_saes(cfg)
         self.saes = [saes] if isinstance(saes, JumpReLUTrainingSAE) else list(saes)
@@ -133,7 +149,7 @@ class SAETrainer:
         self.callbacks = list(callbacks)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.metrics_log = None if metrics_log is None else Path(metrics_log)
-        self.progress = progress
+        self.progress = progress and self.is_main
         self.optimizers = [
             torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=True)
             for sae in self.saes
@@ -150,6 +166,8 @@ class SAETrainer:
         self.previous_window_fired = [torch.zeros(**counters) for _ in self.saes]
         self.previous_window_steps = 0
         self.last_checkpoint: Path | None = None
+        #: λ of each SAE steered towards ``cfg.target_l0`` (unused without a target).
+        self.l0_steer = [L0Steer(sae.l0_coefficient, math.nan) for sae in self.saes]
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> list[JumpReLUSAE]:
@@ -158,6 +176,8 @@ class SAETrainer:
         cfg = self.cfg
         if self.checkpoint_dir is not None:
             self.resume()
+            if self.parallel is not None:  # no rank writes a checkpoint before every rank has read one
+                self.parallel.barrier()
         done = self.step >= cfg.total_steps  # a finished run re-run: nothing to read
         batches = iter(()) if done else self._open_batches(self.step)
         if self.input_scale is None:
@@ -182,9 +202,11 @@ class SAETrainer:
         if self.checkpoint_dir is not None:
             self.save_checkpoint()
         final = self.inference_saes()
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is not None and self.is_main:
             for i, sae in enumerate(final):
                 self._save_final(sae, i)
+        if self.parallel is not None:  # every rank returns once the final SAEs are on disk
+            self.parallel.barrier()
         return final
 
     def train_step(self, x: Float[Tensor, "batch d_in"]) -> StepMetrics:
@@ -192,18 +214,25 @@ class SAETrainer:
         cfg = self.cfg
         if self.input_scale is None:
             raise RuntimeError("input scale not set: call fit(), or set trainer.input_scale first")
-        x_BD = self._check_batch(x, self.step) * self.input_scale
+        # Data-parallel ranks must all raise on a bad batch, so its check waits for the reduction.
+        x_BD = self._check_batch(x, self.step, raise_nonfinite=self.parallel is None) * self.input_scale
         lr = learning_rate(cfg, self.step)
-        coefs = [l0_coefficient_at(sae.l0_coefficient, cfg.l0_warmup_steps, self.step) for sae in self.saes]
+        if cfg.target_l0 > 0:
+            coefs = [steer.coefficient for steer in self.l0_steer]
+        else:
+            coefs = [
+                l0_coefficient_at(sae.l0_coefficient, cfg.l0_warmup_steps, self.step) for sae in self.saes
+            ]
         # All gradients before any update, so a non-finite loss leaves every SAE untouched.
         stats: list[StepStats] = []
         for sae, coef in zip(self.saes, coefs, strict=True):
             stats.append(loss_and_grads(sae, x_BD, coef, cfg.sparse_below))
-            if not math.isfinite(stats[-1].loss):
-                raise NonFiniteError(
-                    f"loss is {stats[-1].loss} at step {self.step} (SAE {len(stats) - 1}); "
-                    f"last good checkpoint: {self.last_checkpoint or 'none'}"
-                )
+            if self.parallel is None:
+                self._check_loss(stats[-1], len(stats) - 1)
+        if self.parallel is not None:
+            stats = self._all_reduce(x_BD, stats, coefs)
+            for i, st in enumerate(stats):
+                self._check_loss(st, i)
         for sae, opt in zip(self.saes, self.optimizers, strict=True):
             sae.project_decoder_grad()
             for group in opt.param_groups:
@@ -220,12 +249,66 @@ class SAETrainer:
             dead = float((since >= cfg.dead_window_steps).sum()) / cfg.d_sae
             self.window_fired[i].add_(st.fired_F)
             out.append(SAEMetrics(coef, st.loss, st.mse, st.l0, st.fvu, dead, st.sparse))
+            if cfg.target_l0 > 0:
+                self.l0_steer[i] = steer_l0_coefficient(cfg, self.l0_steer[i], st.l0)
         if reset_window:  # keep the finished window's counts for feature_density()
             for fired, previous in zip(self.window_fired, self.previous_window_fired, strict=True):
                 previous.copy_(fired)
                 fired.zero_()
             self.previous_window_steps, self.window_steps = self.window_steps, 0
         return StepMetrics(self.step, self.step * cfg.batch_size, lr, tuple(out))
+
+    def _check_loss(self, st: StepStats, index: int) -> None:
+        if not math.isfinite(st.loss):
+            raise NonFiniteError(
+                f"loss is {st.loss} at step {self.step} (SAE {index}); "
+                f"last good checkpoint: {self.last_checkpoint or 'none'}"
+            )
+
+    def _all_reduce(self, x_BD: Tensor, stats: list[StepStats], coefs: list[float]) -> list[StepStats]:
+        """Average the gradients over the ranks and turn per-rank sums into global batch statistics.
+
+        Each rank's gradient is of the mean loss over its ``b`` rows; with equal slices, their mean is
+        the gradient of the mean over all ``world_size · b`` rows.
+        """
+        assert self.parallel is not None
+        world, B_local = self.parallel.world_size, x_BD.shape[0]
+        x64_BD = x_BD.double()
+        sums = [
+            torch.tensor(
+                [float(not bool(torch.isfinite(x_BD).all()))], dtype=torch.float64, device=self.device
+            ),
+            (x64_BD * x64_BD).sum().reshape(1),
+            x64_BD.sum(0),
+        ]
+        for st in stats:
+            sums.append(
+                torch.tensor([st.mse * B_local, st.l0 * B_local], dtype=torch.float64, device=self.device)
+            )
+            sums.append(st.fired_F.to(torch.float64))
+        vec = torch.cat(sums)
+        grads = [p.grad for sae in self.saes for p in sae.parameters()]
+        self.parallel.all_reduce_sum([*grads, vec])
+        for grad in grads:
+            grad.div_(world)
+        if vec[0] > 0:
+            raise NonFiniteError(
+                f"batch at step {self.step} holds NaN or inf (on {int(vec[0])} rank(s)); "
+                f"last good checkpoint: {self.last_checkpoint or 'none'}"
+            )
+        D, F, B = self.cfg.d_in, self.cfg.d_sae, B_local * world
+        sum_sq_x, sum_x_D = float(vec[1]), vec[2 : 2 + D]
+        total_var = sum_sq_x - float(sum_x_D @ sum_x_D) / B
+        out, offset = [], 2 + D
+        for st, coef in zip(stats, coefs, strict=True):
+            sq_err, active = float(vec[offset]), float(vec[offset + 1])
+            fired_F = vec[offset + 2 : offset + 2 + F].round().to(torch.int64)
+            offset += 2 + F
+            fvu = sq_err / total_var if total_var > 0 else float("nan")
+            out.append(
+                StepStats(sq_err / B + coef * active / B, sq_err / B, active / B, fvu, fired_F, st.sparse)
+            )
+        return out
 
     # ------------------------------------------------------------------ batches
     def _open_batches(self, start: int) -> Iterator[Tensor]:
@@ -251,14 +334,14 @@ class SAETrainer:
             )
         return batch
 
-    def _check_batch(self, x: Tensor, step_index: int) -> Tensor:
+    def _check_batch(self, x: Tensor, step_index: int, raise_nonfinite: bool = True) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"batch at step {step_index} is a {type(x).__name__}, expected a torch.Tensor")
-        expected = (self.cfg.batch_size, self.cfg.d_in)
+        expected = (self.local_batch_size, self.cfg.d_in)
         if tuple(x.shape) != expected:
             raise ValueError(f"batch at step {step_index} has shape {tuple(x.shape)}, expected {expected}")
         x = x.to(device=self.device, dtype=torch.float32)
-        if not bool(torch.isfinite(x).all()):
+        if raise_nonfinite and not bool(torch.isfinite(x).all()):
             raise NonFiniteError(
                 f"batch at step {step_index} holds NaN or inf; "
                 f"last good checkpoint: {self.last_checkpoint or 'none'}"
@@ -267,15 +350,25 @@ class SAETrainer:
 
     def _estimate_input_scale(self, batches: Iterator[Tensor]) -> Iterator[Tensor]:
         """Set the scale that gives the first batches unit mean squared norm; re-queue those batches."""
-        n = min(self.cfg.n_norm_batches, self.cfg.total_steps)
+        cfg = self.cfg
+        n = min(cfg.n_norm_batches, cfg.total_steps)
         head = []
-        sum_sq, count = 0.0, 0
+        # float64 sums: [squared norms, rows, per-batch non-finite flags, per-feature sums]
+        sums = torch.zeros(2 + n + cfg.d_in, dtype=torch.float64, device=self.device)
         for i in range(n):
             batch = self._next_batch(batches)
-            x = self._check_batch(batch, i).double()
-            sum_sq += float(torch.dot(x.view(-1), x.view(-1)))
-            count += x.shape[0]
+            x = self._check_batch(batch, i, raise_nonfinite=self.parallel is None).double()
+            sums[2 + i] = float(not bool(torch.isfinite(x).all()))
+            sums[0] += torch.dot(x.view(-1), x.view(-1))
+            sums[1] += x.shape[0]
+            sums[2 + n :] += x.sum(0)
             head.append(batch)
+        if self.parallel is not None:
+            self.parallel.all_reduce_sum([sums])
+            bad = torch.nonzero(sums[2 : 2 + n]).flatten().tolist()
+            if bad:
+                raise NonFiniteError(f"batch at step {bad[0]} holds NaN or inf; last good checkpoint: none")
+        sum_sq, count = float(sums[0]), float(sums[1])
         if sum_sq <= 0:
             raise ValueError("the first batches are all zero; cannot set the input scale")
         # Fixed scalar so that E‖x·s‖² = 1; folded into the weights when the SAEs are saved.
@@ -283,6 +376,21 @@ class SAETrainer:
         logger.info(
             "input scale %.6g from %d batches (mean squared norm %.6g)", self.input_scale, n, sum_sq / count
         )
+        if cfg.b_dec_init == "mean" or cfg.target_l0 > 0:
+            mean_D = (sums[2 + n :] / count * self.input_scale).float() if cfg.b_dec_init == "mean" else None
+            first_BD = self._check_batch(head[0], 0) * self.input_scale
+            if self.parallel is not None:  # the whole first batch, as one process would see it
+                first_BD = self.parallel.all_gather_rows(first_BD)
+            for sae in self.saes:
+                init_from_data(
+                    sae,
+                    mean_D=mean_D,
+                    first_batch_BD=first_BD,
+                    target_l0=cfg.target_l0,
+                    min_threshold=cfg.threshold_init,
+                )
+            if cfg.target_l0 > 0:
+                logger.info("thresholds set for L0 ≈ %g on the first batch", cfg.target_l0)
         return itertools.chain(head, batches)
 
     # ------------------------------------------------------------------ results
@@ -293,9 +401,16 @@ class SAETrainer:
         out = []
         for i, sae in enumerate(self.saes):
             since = self.steps_since_fired[i]
+            steered = self.cfg.target_l0 > 0
             metadata = {
                 "trained_with": "g2interp",
-                "l0_coefficient": sae.l0_coefficient,
+                # with a target L0, λ was steered from the SAE's own start to this
+                "l0_coefficient": self.l0_steer[i].coefficient if steered else sae.l0_coefficient,
+                **(
+                    {"target_l0": self.cfg.target_l0, "l0_coefficient_start": sae.l0_coefficient}
+                    if steered
+                    else {}
+                ),
                 "bandwidth": sae.bandwidth,
                 "training_tokens": self.step * self.cfg.batch_size,
                 "input_scale_folded": self.input_scale,
@@ -307,6 +422,7 @@ class SAETrainer:
                     hook_name=self.cfg.hook_name,
                     model_name=self.cfg.model_name,
                     metadata=metadata,
+                    reshape_hook_z=self.cfg.reshape_hook_z,
                 )
             )
         return out
@@ -325,6 +441,8 @@ class SAETrainer:
 
     # ------------------------------------------------------------------ logging
     def _log(self, metrics: StepMetrics, pbar: Any) -> None:
+        if not self.is_main:
+            return
         parts = [
             f"sae{i} λ={m.l0_coefficient:.3g} loss={m.loss:.4g} mse={m.mse:.4g} L0={m.l0:.1f} "
             f"fvu={m.fvu:.3f} dead={m.dead_fraction:.3f}"
@@ -353,7 +471,7 @@ class SAETrainer:
 
     def _truncate_metrics_log(self) -> None:
         """Drop log lines past the resumed step (they are logged again)."""
-        if self.metrics_log is None or not self.metrics_log.is_file():
+        if self.metrics_log is None or not self.metrics_log.is_file() or not self.is_main:
             return
         lines = self.metrics_log.read_text().splitlines()
         kept = []
@@ -388,6 +506,10 @@ class SAETrainer:
             "window_steps": self.window_steps,
             "previous_window_steps": self.previous_window_steps,
             "l0_coefficients": [sae.l0_coefficient for sae in self.saes],
+            "l0_steer": [
+                [steer.coefficient, steer.log_l0_ema if math.isfinite(steer.log_l0_ema) else None]
+                for steer in self.l0_steer
+            ],
             "bandwidths": [sae.bandwidth for sae in self.saes],
             "config": self.cfg.to_dict(),
         }
@@ -400,6 +522,9 @@ class SAETrainer:
         root.mkdir(parents=True, exist_ok=True)
         final = root / CHECKPOINT_DIR_TEMPLATE.format(step=self.step)
         if final.is_dir() and self.last_checkpoint == final:
+            return final
+        if not self.is_main:  # data-parallel: rank 0 writes, every rank knows where
+            self.last_checkpoint = final
             return final
         tmp = root / f".{final.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -429,7 +554,7 @@ class SAETrainer:
         root = self.checkpoint_dir
         if root is None:
             return False
-        for leftover in root.glob(".step_*.tmp-*"):  # a checkpoint cut short by a kill
+        for leftover in root.glob(".step_*.tmp-*") if self.is_main else ():  # cut short by a kill
             shutil.rmtree(leftover, ignore_errors=True)
         if not (root / CHECKPOINT_LATEST_FILE).is_file():
             return False
@@ -459,6 +584,8 @@ class SAETrainer:
         self.input_scale = float(state["input_scale"])
         self.window_steps = int(state["window_steps"])
         self.previous_window_steps = int(state["previous_window_steps"])
+        steer = state.get("l0_steer") or [[c, None] for c in state["l0_coefficients"]]  # older checkpoints
+        self.l0_steer = [L0Steer(float(coef), math.nan if ema is None else float(ema)) for coef, ema in steer]
         self.last_checkpoint = folder
         self._truncate_metrics_log()
         logger.info("resumed from %s at step %d", folder, self.step)
@@ -469,7 +596,9 @@ class SAETrainer:
             raise CheckpointMismatchError(
                 f"{folder}: checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}"
             )
-        saved = {k: v for k, v in state["config"].items() if k not in _RESUMABLE_CHANGES}
+        # fields added since the checkpoint was written count as their defaults
+        defaults = {f.name: f.default for f in dataclasses.fields(SAETrainingConfig)}
+        saved = {k: v for k, v in {**defaults, **state["config"]}.items() if k not in _RESUMABLE_CHANGES}
         current = {k: v for k, v in self.cfg.to_dict().items() if k not in _RESUMABLE_CHANGES}
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         if changed:

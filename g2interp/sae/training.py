@@ -28,6 +28,9 @@ from torch import Tensor, nn
 from g2interp.sae.sae import JumpReLUSAE, SAEConfig
 from g2interp.sae.ste import jumprelu, step
 
+#: Values of :attr:`SAETrainingConfig.b_dec_init`.
+B_DEC_INITS = ("zeros", "mean")
+
 
 @dataclass(frozen=True)
 class SAETrainingConfig:
@@ -78,6 +81,19 @@ class SAETrainingConfig:
     sparse_below: float = 0.03
     """Use sparse decode kernels when the fraction of (token, latent) pairs at or within one bandwidth
     below threshold is under this (0: always dense)."""
+    target_l0: float = 0.0
+    """When > 0: the initial thresholds make each latent fire on ``target_l0 / d_sae`` of the first
+    batch's tokens, and λ is steered to hold L0 there (:func:`steer_l0_coefficient`, starting from
+    ``l0_coefficient``; ``l0_warmup_steps`` is then unused). 0: Gemma Scope's fixed λ after warm-up."""
+    l0_controller_rate: float = 0.02
+    """Gain of the λ controller: per step ``log λ += rate · log(L0 / target_l0)`` (the log clipped to ±1)."""
+    b_dec_init: str = "zeros"
+    """``"zeros"`` (Gemma Scope) or ``"mean"``: ``b_dec`` starts at the mean of the input-scale batches
+    and ``b_enc`` at ``-mean · W_enc``, so the encoder starts on centred inputs (short runs need it:
+    a few residual dimensions carry most of the norm as an almost constant offset)."""
+    reshape_hook_z: bool = False
+    """The hook gives ``[..., n_heads, d_head]`` (``attn.hook_z``) and batches hold it flattened; the
+    saved SAEs then read either shape (SAELens's ``reshape_activations="hook_z"``)."""
     hook_name: str = ""
     """Hook the activations come from (recorded in the saved SAEs)."""
     model_name: str = ""
@@ -122,6 +138,14 @@ class SAETrainingConfig:
         object.__setattr__(self, "adam_betas", betas)  # Adam wants floats (not a float and an int)
         if not 0 <= self.sparse_below <= 1:
             raise ValueError(f"sparse_below must lie in [0, 1], got {self.sparse_below!r}")
+        if not math.isfinite(self.target_l0) or not 0 <= self.target_l0 <= self.d_sae:
+            raise ValueError(f"target_l0 must lie in [0, d_sae={self.d_sae}], got {self.target_l0!r}")
+        if not math.isfinite(self.l0_controller_rate) or self.l0_controller_rate <= 0:
+            raise ValueError(f"l0_controller_rate must be positive, got {self.l0_controller_rate!r}")
+        if self.target_l0 > 0 and self.l0_coefficient <= 0:
+            raise ValueError("target_l0 steers λ multiplicatively: l0_coefficient (its start) must be > 0")
+        if self.b_dec_init not in B_DEC_INITS:
+            raise ValueError(f"b_dec_init must be one of {B_DEC_INITS}, got {self.b_dec_init!r}")
 
     @property
     def total_steps(self) -> int:
@@ -139,6 +163,36 @@ class SAETrainingConfig:
         if unknown:
             raise ValueError(f"unknown SAETrainingConfig fields {unknown}")
         return cls(**{**data, "adam_betas": tuple(data.get("adam_betas", (0.0, 0.999)))})
+
+
+class L0Steer(NamedTuple):
+    """State of the λ controller of one SAE."""
+
+    coefficient: float
+    """λ for the next step."""
+    log_l0_ema: float
+    """Running mean of log L0 (decay 0.9), the controller's view of where L0 is heading (NaN at start)."""
+
+
+def steer_l0_coefficient(cfg: SAETrainingConfig, state: L0Steer, l0: float) -> L0Steer:
+    """λ for the next step: integral control of log L0 towards ``cfg.target_l0``, paused while L0 is
+    already heading there.
+
+    ``log λ`` moves by ``rate · clip(log(L0 / target), ±1)``: up while the SAE is denser than the target,
+    down while sparser. λ acts only through the thresholds, which Adam moves by about ``lr`` in log
+    space per step, far slower than the encoder; a plain integrator keeps pushing while they catch up
+    and overshoots (λ ends orders of magnitude too large). So λ is held whenever L0 is moving towards
+    the target (``log L0`` on the other side of its running mean from the error).
+    """
+    log_l0 = math.log(max(l0, 1e-3))
+    error = max(-1.0, min(1.0, log_l0 - math.log(cfg.target_l0)))
+    ema = state.log_l0_ema
+    approaching = math.isfinite(ema) and error * (log_l0 - ema) < 0
+    coefficient = (
+        state.coefficient if approaching else state.coefficient * math.exp(cfg.l0_controller_rate * error)
+    )
+    new_ema = log_l0 if not math.isfinite(ema) else 0.9 * ema + 0.1 * log_l0
+    return L0Steer(coefficient, new_ema)
 
 
 def learning_rate(cfg: SAETrainingConfig, step_index: int) -> float:
@@ -289,6 +343,7 @@ class JumpReLUTrainingSAE(nn.Module):
         hook_name: str = "",
         model_name: str = "",
         metadata: dict[str, Any] | None = None,
+        reshape_hook_z: bool = False,
     ) -> JumpReLUSAE:
         """An inference SAE reading raw activations (``input_scale`` folded into the weights)."""
         cfg = SAEConfig(
@@ -298,6 +353,7 @@ class JumpReLUTrainingSAE(nn.Module):
             model_name=model_name,
             apply_b_dec_to_input=False,
             input_scale=input_scale,
+            reshape_hook_z=reshape_hook_z,
             metadata=metadata or {},
         )
         tensors = {
@@ -320,6 +376,49 @@ def make_saes(
     if not coefs:
         raise ValueError("l0_coefficients is empty")
     return [JumpReLUTrainingSAE.initialised(cfg, l0_coefficient=c) for c in coefs]
+
+
+@torch.no_grad()
+def init_from_data(
+    sae: JumpReLUTrainingSAE,
+    *,
+    mean_D: Float[Tensor, " d_in"] | None = None,
+    first_batch_BD: Float[Tensor, "batch d_in"] | None = None,
+    target_l0: float = 0.0,
+    min_threshold: float = 1e-3,
+) -> None:
+    """Data-dependent start from scaled inputs: centring biases and per-latent threshold quantiles.
+
+    ``mean_D``: ``b_dec = mean`` and ``b_enc = -mean · W_enc`` (the encoder then reads centred inputs).
+    ``target_l0`` with ``first_batch_BD``: each latent's threshold is set to the pre-activation it
+    exceeds on ``round(target_l0 · B / d_sae)`` (at least 1) of the batch's tokens, so the first L0 is
+    about ``target_l0`` and no latent starts dead; thresholds stay at or above ``min_threshold``.
+    """
+    if mean_D is not None:
+        sae.b_dec.copy_(mean_D.to(sae.b_dec))
+        sae.b_enc.copy_(-(mean_D.to(sae.W_enc) @ sae.W_enc))
+    if target_l0 > 0:
+        if first_batch_BD is None:
+            raise ValueError("target_l0 needs first_batch_BD")
+        x_BD = first_batch_BD.to(sae.W_enc)
+        B = x_BD.shape[0]
+        n_fire = min(B - 1, max(1, round(target_l0 * B / sae.d_sae)))
+        pre_BF = torch.addmm(sae.b_enc, x_BD, sae.W_enc)
+        # Midway between the n_fire-th and (n_fire+1)-th largest pre-activation of each latent, so
+        # rounding (of the log-threshold round trip, of another matmul) does not change who fires.
+        top_KF = pre_BF.topk(n_fire + 1, dim=0).values
+        thr_F = (0.5 * (top_KF[-2] + top_KF[-1])).clamp(min=min_threshold)
+        # Random decoder directions over-shoot: scale the encoder (and with it the thresholds, so the
+        # same tokens fire) by the least-squares factor of the first batch's reconstruction.
+        acts_BF = pre_BF * (pre_BF > thr_F)
+        recon_BD = acts_BF @ sae.W_dec
+        target_BD = x_BD - sae.b_dec
+        scale = float((recon_BD * target_BD).sum() / (recon_BD * recon_BD).sum().clamp(min=1e-30))
+        if math.isfinite(scale) and scale > 0:
+            sae.W_enc.mul_(scale)
+            sae.b_enc.mul_(scale)
+            thr_F = (thr_F * scale).clamp(min=min_threshold)
+        sae.log_threshold.copy_(thr_F.log())
 
 
 def _grad_buffer(param: nn.Parameter) -> Tensor:

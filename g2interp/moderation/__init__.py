@@ -1,0 +1,40 @@
+"""ShieldGemma-style harm scoring: policies, templates, generative and probe scorers, guarded generation."""
+
+from g2interp.moderation.config import ModeratorConfig
+from g2interp.moderation.generative import score_naive
+from g2interp.moderation.moderator import GuardedGeneration, Moderator, Verdict, guarded_generate
+from g2interp.moderation.policies import (
+    BUILTIN_POLICIES,
+    DEFAULT_POLICIES,
+    SHIELDGEMMA_POLICIES,
+    UNSAFE,
+    HarmType,
+    Policy,
+)
+from g2interp.moderation.probe import HeadConfig, HeadSet, ProbeHead, extract_features
+from g2interp.moderation.runner import POOLINGS, PrefixRunner
+from g2interp.moderation.template import EncodedText, TemplateEncoder, render
+
+__all__ = [
+    "BUILTIN_POLICIES",
+    "DEFAULT_POLICIES",
+    "POOLINGS",
+    "SHIELDGEMMA_POLICIES",
+    "UNSAFE",
+    "EncodedText",
+    "GuardedGeneration",
+    "HarmType",
+    "HeadConfig",
+    "HeadSet",
+    "Moderator",
+    "ModeratorConfig",
+    "Policy",
+    "PrefixRunner",
+    "ProbeHead",
+    "TemplateEncoder",
+    "Verdict",
+    "extract_features",
+    "guarded_generate",
+    "render",
+    "score_naive",
+]

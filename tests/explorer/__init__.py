@@ -1,0 +1,1 @@
+"""Tests of g2interp.dashboards and the Streamlit explorer."""

@@ -1,0 +1,188 @@
+"""A tiny world for the explorer tests: a random Gemma 3 folder with a chat tokenizer, two SAEs (one with
+dashboards and evaluations), and probe heads for two harm types.
+
+``python -m tests.explorer.helpers OUT`` builds it in OUT and prints the environment to point
+``streamlit run apps/explorer.py`` at it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "apps" / "explorer.py"
+CORPUS = REPO / "tests" / "fixtures" / "corpus_small.jsonl"
+PAD, EOS, BOS = 0, 1, 2
+CONTROL = ("<start_of_turn>", "<end_of_turn>")
+VOCAB_SIZE = 3 + 256 + len(CONTROL) + 2  # specials, bytes, turn markers, "Yes", "No"
+RESID_HOOK = "blocks.1.hook_resid_post"
+MLP_HOOK = "blocks.2.hook_mlp_out"
+D_SAE = 64
+DEAD = (0, 1, 2)  # latents given an unreachable threshold
+
+
+class ExplorerWorld(NamedTuple):
+    """Paths of the tiny world."""
+
+    model: Path
+    """Model folder (config.json, model.safetensors, tokenizer.json)."""
+    runs: Path
+    """Runs folder holding both SAEs."""
+    resid_sae: Path
+    """SAE on ``blocks.1.hook_resid_post`` with dashboards, eval.json and delta_lm_loss.json."""
+    mlp_sae: Path
+    """SAE on ``blocks.2.hook_mlp_out`` with evaluations but no dashboards."""
+    heads: Path
+    """Probe heads: ``dangerous_content`` (logistic, layer 1, mean) and ``hate_speech`` (MLP, layers 1-2)."""
+    empty_runs: Path
+    """A runs folder with no SAE in it."""
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Tiny matmuls run far slower with two OpenMP threads on a shared two-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def chat_tokenizer() -> Tokenizer:
+    """One token per UTF-8 byte, plus Gemma's turn markers and 'Yes' / 'No' (what moderation needs)."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<pad>": PAD, "<eos>": EOS, "<bos>": BOS}
+    vocab.update({ch: 3 + i for i, ch in enumerate(sorted(alphabet))})
+    for tok in (*CONTROL, "Yes", "No"):
+        vocab[tok] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True) for t in ("<pad>", "<eos>", "<bos>", *CONTROL)])
+    backend.add_tokens([AddedToken("Yes", special=False), AddedToken("No", special=False)])
+    return backend
+
+
+def save_model(folder: Path) -> Path:
+    """A random tiny Gemma 3 (4 layers, d_model 48) saved by transformers, with the chat tokenizer."""
+    from tests.conftest import make_hf_model
+
+    hf = make_hf_model("gemma3", seed=0, vocab_size=VOCAB_SIZE, max_position_embeddings=2048)
+    hf.save_pretrained(folder)
+    chat_tokenizer().save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def random_sae(model, hook: str, d_sae: int = D_SAE, seed: int = 0):
+    """A JumpReLU SAE whose latents fire on some tokens of ``hook`` (thresholds at a quantile); DEAD never fire."""
+    from g2interp.sae import JumpReLUSAE, SAEConfig
+
+    ids = model.tokenize(["The quick brown fox jumps over the lazy dog.", "def f(x):\n    return x"]).tokens
+    x = model.capture(ids, [hook])[hook].flatten(2).flatten(0, 1)  # [tokens, width] (hook_z heads joined)
+    d_in = x.shape[-1]
+    gen = torch.Generator().manual_seed(seed)
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, hook_name=hook, model_name="tiny", apply_b_dec_to_input=True)
+    sae = JumpReLUSAE(cfg)
+    with torch.no_grad():
+        W_dec = torch.randn(d_sae, d_in, generator=gen)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        sae.W_dec.copy_(W_dec)
+        sae.W_enc.copy_(W_dec.T)
+        sae.b_dec.copy_(x.mean(0))
+        pre = (x - x.mean(0)) @ W_dec.T
+        sae.threshold.copy_(pre.quantile(0.8, dim=0).clamp(min=1e-3))
+        sae.threshold[list(DEAD)] = 1e9
+    return sae
+
+
+def save_heads(model, folder: Path) -> Path:
+    """Two random probe heads on the tiny model: a logistic one and an MLP reading two layers."""
+    from g2interp.moderation import HeadConfig, HeadSet, ProbeHead
+
+    d = model.cfg.d_model
+    configs = [
+        HeadConfig(
+            "dangerous_content", layers=(1,), poolings=("mean",), d_model=d, platt=(1.0, 0.0), threshold=0.5
+        ),
+        HeadConfig(
+            "hate_speech", layers=(1, 2), poolings=("mean", "max"), d_model=d, hidden=8, threshold=0.4
+        ),
+    ]
+    heads = {}
+    gen = torch.Generator().manual_seed(1)
+    for cfg in configs:
+        head = ProbeHead(cfg)
+        with torch.no_grad():
+            for p in head.net.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+            head.scale_F.fill_(2.0)
+        heads[cfg.name] = head.eval()
+    HeadSet(heads, HeadSet.model_info_of(model.cfg), {"what": "random heads for the explorer tests"}).save(
+        folder
+    )
+    return folder
+
+
+def evaluate(model, sae, folder: Path) -> None:
+    """eval.json and delta_lm_loss.json beside the SAE, on a few contexts of the small corpus."""
+    from g2interp.activations import pack_corpus
+    from g2interp.sae import delta_lm_loss, evaluate_sae
+
+    contexts = pack_corpus(model.tokenizer, CORPUS, 32, max_contexts=6, seed=1)
+    tokens = contexts.tokens_NL.long()
+    x = model.capture(tokens, [sae.cfg.hook_name])[sae.cfg.hook_name][:, 1:]
+    evaluate_sae(sae, [x.reshape(-1, sae.cfg.d_in)]).save(folder)
+    delta_lm_loss(model, sae, tokens).save(folder)
+
+
+def build_world(root: Path) -> ExplorerWorld:
+    """Everything the explorer tests read, under ``root``."""
+    from g2interp import load_model
+    from g2interp.activations import pack_corpus
+    from g2interp.dashboards import DashboardConfig, build_dashboards, default_folder
+
+    root = Path(root)
+    with one_thread():
+        model_dir = save_model(root / "model")
+        model = load_model(model_dir, device="cpu", dtype=torch.float32)
+        runs = root / "runs"
+        resid_dir = runs / "tiny" / RESID_HOOK / "sae_0"
+        mlp_dir = runs / "tiny" / MLP_HOOK / "sae_0"
+        resid = random_sae(model, RESID_HOOK)
+        mlp = random_sae(model, MLP_HOOK, seed=1)
+        resid.save(resid_dir)
+        mlp.save(mlp_dir)
+        for sae, folder in ((resid, resid_dir), (mlp, mlp_dir)):
+            evaluate(model, sae, folder)
+        contexts = pack_corpus(model.tokenizer, CORPUS, 32, max_contexts=24)
+        cfg = DashboardConfig(n_top=8, window=6)
+        build_dashboards(
+            model, resid, contexts, default_folder(resid_dir), cfg, source=str(CORPUS), progress=False
+        )
+        heads = save_heads(model, root / "heads")
+        empty = root / "empty_runs"
+        empty.mkdir(exist_ok=True)
+    return ExplorerWorld(model_dir, runs, resid_dir, mlp_dir, heads, empty)
+
+
+def environment(world: ExplorerWorld) -> dict[str, str]:
+    """The environment variables that point the explorer at ``world``."""
+    return {
+        "G2INTERP_EXPLORER_MODEL": str(world.model),
+        "G2INTERP_EXPLORER_RUNS": str(world.runs),
+        "G2INTERP_EXPLORER_HEADS": str(world.heads),
+    }
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/explorer_fixture")
+    built = build_world(out)
+    print(" ".join(f"{k}={v}" for k, v in environment(built).items()), "streamlit run apps/explorer.py")
