@@ -197,11 +197,12 @@ Moderator.load(["hate_speech", Policy("spam", '"No Spam": The prompt shall not a
 sg = Moderator.from_checkpoint("path/to/shieldgemma-2b") # generative P(Yes), ShieldGemma's method
 guarded_generate(model, "prompt", mod, max_new_tokens=64)  # GuardedGeneration(text, allowed, refusal, verdicts)
 ```
-CLI (once wired): `g2interp moderate "text" [--response REPLY] [--checkpoint DIR] [--policy NAME] [--custom-policy NAME=DEF]`
+CLI: `g2interp moderate "text" [--response REPLY] [--checkpoint DIR] [--policy NAME] [--custom-policy NAME=DEF]`
 prints the verdict as JSON (exit 0 allowed, 1 blocked, 2 bad input). Custom policies are scored generatively
 (zero-shot on the 270M model: weak, see the zero-shot column) since no head knows their wording. Texts longer than
 `max_text_tokens` (default 1,024) keep their first and last halves, with a logged warning and `truncated=True`
-(or raise with `overflow="error"`).
+(or raise with `overflow="error"`). Each head's default threshold is its 2 % false-positive point on validation;
+`Moderator.load(["unsafe", ...])` adds the opt-in overall head (trained on every set's `unsafe` label).
 
 `python experiments/train_moderation_probes.py` (splits, feature cache, model selection, heads) then
 `python experiments/eval_moderation.py` (this section) reproduce everything below; `python bench/moderation.py`
@@ -244,13 +245,15 @@ FINDINGS = """Findings (seed 20240731):
   rows (toxigen's neutral statements about groups, wildguardtest and diasafety highest)."""
 
 
-BENCH_NOTE = """Embedded model, fp32, CPU, one torch thread on a shared 2-core machine (other jobs running), one pass
-each (probe: best of 3), so the rows are noisy (the 1- and 4-policy probe rows do the same work). The default
-probe moderator meets the >= 2.5x target for 4 policies by a wide margin: one prefix forward, stopped after
-block 10, scores every policy. Generative scoring with the shared prefix is only ~1.4x the naive way:
-ShieldGemma's template puts each policy and its question after the text (82-146 tokens for the four policies,
-prompt template), so with ~110-token prefixes the four suffixes cost more than the prefix they share; the gain
-approaches 4x only as texts grow long. RSS stays flat over 1,000 sequential `check_prompt` calls."""
+BENCH_NOTE = """Embedded model, fp32, CPU, one torch thread on a shared 2-core machine (other jobs running); one pass
+each (probe: best of 3), so rows are noisy: the 1- and 4-policy probe rows do the same work (re-timed
+interleaved: 4.0-4.2 texts/s both), and the generative shared-prefix ratio for 4 policies was 1.4x in an
+earlier run. The default probe moderator meets the >= 2.5x target for 4 policies by a wide margin: one prefix
+forward, stopped after block 10, scores every policy. Generative scoring with the shared prefix gains only
+1.4-1.9x over the naive way: ShieldGemma's template puts each policy and its question after the text (82-146
+tokens for the four policies, prompt template), so with ~110-token prefixes the four suffixes cost more than
+the prefix they share; the gain approaches 4x only as texts grow long. RSS stays flat over 1,000 sequential
+`check_prompt` calls."""
 
 
 def render(results: dict, train: dict, splits: dict, heads) -> list[str]:
