@@ -65,6 +65,9 @@ def parse_args() -> argparse.Namespace:
         "--target-l0", type=float, default=40.0, help="0: fixed λ (--l0-coefficient) after warm-up"
     )
     p.add_argument("--l0-coefficient", type=float, default=1e-3, help="λ (its start when --target-l0 > 0)")
+    p.add_argument(
+        "--threshold-lr-scale", type=float, default=3.0, help="log-threshold lr / lr (Gemma Scope: 1)"
+    )
     p.add_argument("--l0-warmup-steps", type=int, default=0, help="λ warm-up (fixed-λ runs only)")
     p.add_argument("--eval-contexts", type=int, default=64, help="held-out contexts (L0, FVU, dead latents)")
     p.add_argument("--delta-loss-contexts", type=int, default=4, help="of those, scored with the whole model")
@@ -101,6 +104,7 @@ def training_config(args: argparse.Namespace, hook: dict) -> SAETrainingConfig:
         l0_coefficient=args.l0_coefficient,
         l0_warmup_steps=args.l0_warmup_steps,
         target_l0=args.target_l0,
+        threshold_lr_scale=args.threshold_lr_scale,
         b_dec_init="mean",
         n_norm_batches=4,
         dead_window_steps=100,

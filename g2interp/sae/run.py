@@ -285,7 +285,11 @@ def train_sae(
             device=device,
         )[cfg.hook_name]
         logger.info(
-            "captured %d rows from %d contexts in %.1f s", n_rows, len(contexts), time.perf_counter() - t0
+            "rank %d: captured %d rows from %d contexts in %.1f s",
+            rank,
+            n_rows,
+            len(contexts),
+            time.perf_counter() - t0,
         )
         batches = ReplayBatches(rows, local_batch, seed=cfg.data_seed + rank)
     saes = [sae.to(device) for sae in make_saes(tcfg)]

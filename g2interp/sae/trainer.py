@@ -115,6 +115,18 @@ class StepMetrics(NamedTuple):
 Callback = Callable[["SAETrainer", StepMetrics], None]
 
 
+def _param_groups(sae: JumpReLUTrainingSAE, threshold_lr_scale: float) -> list[dict[str, Any]]:
+    """Adam groups in ``named_parameters`` order (checkpoints index moments by that order): the
+    log-thresholds, last, learn at ``threshold_lr_scale`` times the learning rate."""
+    names = [name for name, _ in sae.named_parameters()]
+    assert names[-1] == "log_threshold", names
+    params = list(sae.parameters())
+    return [
+        {"params": params[:-1], "lr_scale": 1.0},
+        {"params": params[-1:], "lr_scale": threshold_lr_scale},
+    ]
+
+
 class SAETrainer:
     """Train one or several JumpReLU SAEs (e.g. an L0-coefficient sweep) on the same batches."""
 
@@ -151,7 +163,13 @@ class SAETrainer:
         self.metrics_log = None if metrics_log is None else Path(metrics_log)
         self.progress = progress and self.is_main
         self.optimizers = [
-            torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=True)
+            torch.optim.Adam(
+                _param_groups(sae, cfg.threshold_lr_scale),
+                lr=cfg.lr,
+                betas=cfg.adam_betas,
+                eps=cfg.adam_eps,
+                fused=True,
+            )
             for sae in self.saes
         ]
         self.device = self.saes[0].W_enc.device
@@ -236,7 +254,7 @@ class SAETrainer:
         for sae, opt in zip(self.saes, self.optimizers, strict=True):
             sae.project_decoder_grad()
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             opt.step()
             sae.normalise_decoder()
         self.step += 1
@@ -373,9 +391,13 @@ class SAETrainer:
             raise ValueError("the first batches are all zero; cannot set the input scale")
         # Fixed scalar so that E‖x·s‖² = 1; folded into the weights when the SAEs are saved.
         self.input_scale = float(1.0 / math.sqrt(sum_sq / count))
-        logger.info(
-            "input scale %.6g from %d batches (mean squared norm %.6g)", self.input_scale, n, sum_sq / count
-        )
+        if self.is_main:
+            logger.info(
+                "input scale %.6g from %d batches (mean squared norm %.6g)",
+                self.input_scale,
+                n,
+                sum_sq / count,
+            )
         if cfg.b_dec_init == "mean" or cfg.target_l0 > 0:
             mean_D = (sums[2 + n :] / count * self.input_scale).float() if cfg.b_dec_init == "mean" else None
             first_BD = self._check_batch(head[0], 0) * self.input_scale
@@ -389,7 +411,7 @@ class SAETrainer:
                     target_l0=cfg.target_l0,
                     min_threshold=cfg.threshold_init,
                 )
-            if cfg.target_l0 > 0:
+            if cfg.target_l0 > 0 and self.is_main:
                 logger.info("thresholds set for L0 ≈ %g on the first batch", cfg.target_l0)
         return itertools.chain(head, batches)
 

@@ -87,6 +87,11 @@ class SAETrainingConfig:
     ``l0_coefficient``; ``l0_warmup_steps`` is then unused). 0: Gemma Scope's fixed λ after warm-up."""
     l0_controller_rate: float = 0.02
     """Gain of the λ controller: per step ``log λ += rate · log(L0 / target_l0)`` (the log clipped to ±1)."""
+    threshold_lr_scale: float = 1.0
+    """Learning rate of the log-thresholds relative to ``lr`` (Gemma Scope: 1). Adam moves a
+    log-threshold by about ``lr`` per step, i.e. a threshold θ by ``lr·θ``, while it moves ``b_enc``
+    by ``lr``: with θ ~ 0.03 the thresholds trail the encoder ~30-fold, which short runs cannot wait
+    out (L0 swings far from where λ would hold it)."""
     b_dec_init: str = "zeros"
     """``"zeros"`` (Gemma Scope) or ``"mean"``: ``b_dec`` starts at the mean of the input-scale batches
     and ``b_enc`` at ``-mean · W_enc``, so the encoder starts on centred inputs (short runs need it:
@@ -144,6 +149,8 @@ class SAETrainingConfig:
             raise ValueError(f"l0_controller_rate must be positive, got {self.l0_controller_rate!r}")
         if self.target_l0 > 0 and self.l0_coefficient <= 0:
             raise ValueError("target_l0 steers λ multiplicatively: l0_coefficient (its start) must be > 0")
+        if not math.isfinite(self.threshold_lr_scale) or self.threshold_lr_scale <= 0:
+            raise ValueError(f"threshold_lr_scale must be positive, got {self.threshold_lr_scale!r}")
         if self.b_dec_init not in B_DEC_INITS:
             raise ValueError(f"b_dec_init must be one of {B_DEC_INITS}, got {self.b_dec_init!r}")
 
@@ -163,6 +170,10 @@ class SAETrainingConfig:
         if unknown:
             raise ValueError(f"unknown SAETrainingConfig fields {unknown}")
         return cls(**{**data, "adam_betas": tuple(data.get("adam_betas", (0.0, 0.999)))})
+
+
+#: The λ controller holds λ while L0 is on course to reach the target within this many steps.
+_STEER_HORIZON = 50
 
 
 class L0Steer(NamedTuple):
@@ -187,7 +198,9 @@ def steer_l0_coefficient(cfg: SAETrainingConfig, state: L0Steer, l0: float) -> L
     log_l0 = math.log(max(l0, 1e-3))
     error = max(-1.0, min(1.0, log_l0 - math.log(cfg.target_l0)))
     ema = state.log_l0_ema
-    approaching = math.isfinite(ema) and error * (log_l0 - ema) < 0
+    # slope of log L0 per step: the running mean (decay 0.9) lags a steady trend by about 9 steps
+    slope = (log_l0 - ema) / 9.0 if math.isfinite(ema) else 0.0
+    approaching = error * slope < 0 and abs(error) < _STEER_HORIZON * abs(slope)
     coefficient = (
         state.coefficient if approaching else state.coefficient * math.exp(cfg.l0_controller_rate * error)
     )

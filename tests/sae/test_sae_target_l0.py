@@ -122,6 +122,31 @@ def test_resume_restores_the_controller_bitwise(tmp_path):
         assert torch.equal(getattr(reference, name), getattr(resumed, name)), name
 
 
+def test_threshold_lr_scale_speeds_up_the_thresholds_only():
+    data = sparse_data(1)
+    moved = {}
+    for scale in (1.0, 5.0):
+        c = cfg(total_tokens=256, n_norm_batches=1, lr_warmup_steps=0, threshold_lr_scale=scale)
+        trainer = SAETrainer(c, None, data, progress=False)
+        trainer.fit()
+        sae = trainer.saes[0]
+        start = JumpReLUTrainingSAE.initialised(c)
+        init_from_data(
+            start,
+            mean_D=(data[0] * trainer.input_scale).double().mean(0).float(),
+            first_batch_BD=data[0] * trainer.input_scale,
+            target_l0=c.target_l0,
+            min_threshold=c.threshold_init,
+        )
+        moved[scale] = (sae.log_threshold - start.log_threshold, sae.W_enc - start.W_enc)
+    d_thr1, d_enc1 = moved[1.0]
+    d_thr5, d_enc5 = moved[5.0]
+    assert d_thr1.abs().max() > 0
+    # first Adam step: lr·g/(|g| + eps), so five times the learning rate moves five times as far
+    torch.testing.assert_close(d_thr5, 5 * d_thr1, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(d_enc5, d_enc1, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -130,6 +155,7 @@ def test_resume_restores_the_controller_bitwise(tmp_path):
         (dict(l0_controller_rate=0.0), "l0_controller_rate must be positive"),
         (dict(l0_coefficient=0.0), "l0_coefficient \\(its start\\) must be > 0"),
         (dict(b_dec_init="median"), "b_dec_init must be one of"),
+        (dict(threshold_lr_scale=0.0), "threshold_lr_scale must be positive"),
     ],
 )
 def test_new_config_fields_are_validated(kwargs, message):
