@@ -29,7 +29,6 @@ from train_moderation_probes import (
     HEADS_DIR,
     LAYERS,
     POOLINGS,
-    ROOT,
     RUN_DIR,
     SEED,
     TYPES,
@@ -41,7 +40,7 @@ from train_moderation_probes import (
 )
 
 logger = logging.getLogger("eval_moderation")
-OUT_MD = ROOT / "experiments" / "moderation_README_section.md"
+OUT_MD = RUN_DIR / "eval_report.md"  # the moderation section of experiments/README.md
 ZEROSHOT_FILE = RUN_DIR / "zeroshot.json"
 ZEROSHOT_PER_SET = 50
 TARGET_FPR = 0.05
@@ -170,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     (RUN_DIR / "eval_results.json").write_text(json.dumps(results, indent=1))
     lines += render(results, json.loads((RUN_DIR / "train_results.json").read_text()), splits, heads)
     OUT_MD.write_text("\n".join(lines) + "\n")
-    logger.info("wrote %s", OUT_MD)
+    logger.info("wrote %s (the tables of the moderation section of experiments/README.md)", OUT_MD)
     return 0
 
 

@@ -1,6 +1,10 @@
-"""The main job (`make demo`): load the embedded Gemma 3 270M, capture activations by hook name, generate.
+"""A one-minute tour of the runtime: load the embedded Gemma 3 270M, capture activations by hook name
+(stopping after the deepest block asked for), generate with the KV cache.
 
-Later stages (activation store, SAE training, moderation, explorer) extend this script as they land.
+    python experiments/quickstart.py
+
+The whole pipeline (store -> SAE -> dashboards -> moderation -> explorer) is ``make demo``
+(``experiments/demo_pipeline.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ PROMPT = "The Eiffel Tower is located in"
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("demo")
+    log = logging.getLogger("quickstart")
     t0 = time.perf_counter()
     model = load_model("gemma-3-270m")
     cfg = model.cfg
