@@ -32,16 +32,22 @@ DEFAULT_CORPUS = "/work/shared/data/corpus"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--corpus", default=DEFAULT_CORPUS)
-    parser.add_argument("--hooks", default="blocks.3.hook_resid_post,blocks.6.hook_resid_post,blocks.6.attn.hook_z")
+    parser.add_argument(
+        "--hooks", default="blocks.3.hook_resid_post,blocks.6.hook_resid_post,blocks.6.attn.hook_z"
+    )
     parser.add_argument("--contexts", type=int, default=16)
     parser.add_argument("--context-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--contexts-per-shard", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
-        "--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
         help="torch threads; default leaves one core to the writer thread (OpenMP slows badly when oversubscribed)",
     )
     args = parser.parse_args()
@@ -55,8 +61,15 @@ def main() -> None:
 
     def config(out: str, dtype: str) -> CaptureConfig:
         return CaptureConfig(
-            data=args.corpus, hooks=hooks, out=out, context_length=args.context_length, max_contexts=args.contexts,
-            batch_size=args.batch_size, contexts_per_shard=args.contexts_per_shard, dtype=dtype, progress=False,
+            data=args.corpus,
+            hooks=hooks,
+            out=out,
+            context_length=args.context_length,
+            max_contexts=args.contexts,
+            batch_size=args.batch_size,
+            contexts_per_shard=args.contexts_per_shard,
+            dtype=dtype,
+            progress=False,
         )
 
     probe = config("unused", "float32")
@@ -80,22 +93,31 @@ def main() -> None:
                 out = Path(tmp) / f"{dtype}-{repeat}"
                 result = capture(model, config(str(out), dtype))
                 name = f"disk {'fp32' if dtype == 'float32' else 'bf16'}"
-                row = {"seconds": result.loop_seconds, "tokens": result.tokens_processed, "rows": result.rows_written,
-                       "bytes": result.bytes_written, "setup": result.seconds - result.loop_seconds}
+                row = {
+                    "seconds": result.loop_seconds,
+                    "tokens": result.tokens_processed,
+                    "rows": result.rows_written,
+                    "bytes": result.bytes_written,
+                    "setup": result.seconds - result.loop_seconds,
+                }
                 if name not in best or row["seconds"] < best[name]["seconds"]:
                     best[name] = row
 
     ref = best["memory fp32"]["tokens"] / best["memory fp32"]["seconds"]
     print(f"\nmodel load {load_s:.1f} s; {torch.get_num_threads()} threads; hooks {list(hooks)}")
-    print(f"{len(contexts)} contexts x {args.context_length} tokens, {n_shards} shards, best of {args.repeats}\n")
+    print(
+        f"{len(contexts)} contexts x {args.context_length} tokens, {n_shards} shards, best of {args.repeats}\n"
+    )
     header = f"{'mode':<12} {'tokens':>7} {'rows':>7} {'loop s':>7} {'tok/s':>8} {'vs memory':>9} {'bytes/token':>11}"
     print(header)
     print("-" * len(header))
     for name, row in best.items():
         tps = row["tokens"] / row["seconds"]
         per_token = f"{row['bytes'] / row['rows']:.0f}" if row["bytes"] else "-"
-        print(f"{name:<12} {row['tokens']:>7} {row['rows']:>7} {row['seconds']:>7.2f} {tps:>8.0f} {tps / ref:>9.3f} "
-              f"{per_token:>11}")
+        print(
+            f"{name:<12} {row['tokens']:>7} {row['rows']:>7} {row['seconds']:>7.2f} {tps:>8.0f} {tps / ref:>9.3f} "
+            f"{per_token:>11}"
+        )
     setups = [f"{n}: {r['setup']:.2f} s" for n, r in best.items() if "setup" in r]
     print(f"\nset-up outside the loop (fingerprints, packing, manifest): {', '.join(setups)}")
     print("bytes/token: all hooks' shard files per stored token (activations + token id, context, position)")

@@ -43,9 +43,20 @@ def tiny_tokenizer() -> GemmaTokenizer:
 
 def tiny_config(**overrides) -> ModelConfig:
     kwargs = dict(
-        architecture="gemma3_text", vocab_size=300, d_model=32, n_layers=3, n_heads=2, n_kv_heads=1, d_head=16,
-        d_mlp=64, layer_types=("sliding_attention", "sliding_attention", "full_attention"), sliding_window=8,
-        query_pre_attn_scalar=16, rope_theta_global=1e6, rope_theta_local=1e4, use_qk_norm=True,
+        architecture="gemma3_text",
+        vocab_size=300,
+        d_model=32,
+        n_layers=3,
+        n_heads=2,
+        n_kv_heads=1,
+        d_head=16,
+        d_mlp=64,
+        layer_types=("sliding_attention", "sliding_attention", "full_attention"),
+        sliding_window=8,
+        query_pre_attn_scalar=16,
+        rope_theta_global=1e6,
+        rope_theta_local=1e4,
+        use_qk_norm=True,
         max_position_embeddings=256,
     )
     kwargs.update(overrides)
@@ -67,8 +78,14 @@ def worker_config(out: str | Path, **overrides):
     from g2interp.activations import CaptureConfig
 
     kwargs = dict(
-        data=str(CORPUS), hooks=HOOKS, out=str(out), context_length=32, max_contexts=48, batch_size=1,
-        contexts_per_shard=2, progress=False,
+        data=str(CORPUS),
+        hooks=HOOKS,
+        out=str(out),
+        context_length=32,
+        max_contexts=48,
+        batch_size=1,
+        contexts_per_shard=2,
+        progress=False,
     )
     kwargs.update(overrides)
     return CaptureConfig(**kwargs)
@@ -76,7 +93,9 @@ def worker_config(out: str | Path, **overrides):
 
 def store_files(root: Path) -> dict[str, bytes]:
     """Every file of a store (relative path -> bytes), temp files included, to compare stores exactly."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()
+    }
 
 
 def save_hf_folder(folder: Path, seed: int = 0) -> Path:
@@ -85,15 +104,24 @@ def save_hf_folder(folder: Path, seed: int = 0) -> Path:
 
     cfg = tiny_config()
     hf_cfg = Gemma3TextConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
-        head_dim=cfg.d_head, max_position_embeddings=cfg.max_position_embeddings, sliding_window=cfg.sliding_window,
-        query_pre_attn_scalar=cfg.query_pre_attn_scalar, layer_types=[t.value for t in cfg.layer_types],
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.d_head,
+        max_position_embeddings=cfg.max_position_embeddings,
+        sliding_window=cfg.sliding_window,
+        query_pre_attn_scalar=cfg.query_pre_attn_scalar,
+        layer_types=[t.value for t in cfg.layer_types],
         rope_parameters={
             "full_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta_global},
             "sliding_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta_local},
         },
-        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
     )
     torch.manual_seed(seed)
     Gemma3ForCausalLM(hf_cfg).save_pretrained(folder)

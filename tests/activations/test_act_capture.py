@@ -24,8 +24,16 @@ from g2interp.activations.writer import PendingShard, ShardWriter
 
 
 def _cfg(corpus, out, **kw) -> CaptureConfig:
-    base = dict(data=str(corpus), hooks=HOOKS, out=str(out), context_length=32, max_contexts=20, batch_size=3,
-                contexts_per_shard=6, progress=False)
+    base = dict(
+        data=str(corpus),
+        hooks=HOOKS,
+        out=str(out),
+        context_length=32,
+        max_contexts=20,
+        batch_size=3,
+        contexts_per_shard=6,
+        progress=False,
+    )
     base.update(kw)
     return CaptureConfig(**base)
 
@@ -34,7 +42,10 @@ def _cfg(corpus, out, **kw) -> CaptureConfig:
 def store_path(tmp_path_factory, corpus):
     out = tmp_path_factory.mktemp("store") / "s"
     with one_thread():
-        capture(tiny_model(), _cfg(corpus, out, max_contexts=None, context_length=48, batch_size=16, contexts_per_shard=64))
+        capture(
+            tiny_model(),
+            _cfg(corpus, out, max_contexts=None, context_length=48, batch_size=16, contexts_per_shard=64),
+        )
     return out
 
 
@@ -44,7 +55,10 @@ def test_rows_equal_run_with_cache(model, store_path):
     n, q = contexts.tokens_NL.shape
     assert n * q > 60_000 and int(contexts.lengths_N[-1]) < q  # the whole corpus, last context padded
     _, cache = model.run_with_cache(
-        contexts.tokens_NL.long(), list(HOOKS), attention_mask=contexts.attention_mask(0, n), stop_at_layer="auto"
+        contexts.tokens_NL.long(),
+        list(HOOKS),
+        attention_mask=contexts.attention_mask(0, n),
+        stop_at_layer="auto",
     )
     keep = contexts.keep_mask(0, n, ("bos", "pad"))
     assert store.rows == int(keep.sum()) == contexts.n_tokens - n  # every real token but the BOS
@@ -67,7 +81,9 @@ def test_manifest_checksums_and_statistics(model, store_path):
     m = store.manifest
     assert m.complete and m.n_shards == len(m.shards) == math.ceil(m.n_contexts / 64)
     assert {h: i.shape for h, i in m.hooks.items()} == {
-        "blocks.0.hook_resid_post": (32,), "blocks.1.attn.hook_z": (2, 16), "blocks.2.hook_mlp_out": (32,)
+        "blocks.0.hook_resid_post": (32,),
+        "blocks.1.attn.hook_z": (2, 16),
+        "blocks.2.hook_mlp_out": (32,),
     }
     assert m.dtype == "float32" and m.context_length == 48
     assert m.identity["hooks"] == sorted(HOOKS) and m.model["fingerprint"] == m.identity["model_fingerprint"]
@@ -111,7 +127,9 @@ def test_float16_overflow_is_refused(corpus, tmp_path):
 
 
 def test_excluding_nothing_or_eos(model, corpus, tmp_path):
-    keep_all = capture(model, _cfg(corpus, tmp_path / "all", exclude=(), max_contexts=4, contexts_per_shard=4))
+    keep_all = capture(
+        model, _cfg(corpus, tmp_path / "all", exclude=(), max_contexts=4, contexts_per_shard=4)
+    )
     assert keep_all.manifest.rows == 4 * 32
     no_eos = capture(model, _cfg(corpus, tmp_path / "eos", exclude=("bos", "eos", "pad"), max_contexts=40))
     store = ActivationStore(tmp_path / "eos")
@@ -122,7 +140,9 @@ def test_excluding_nothing_or_eos(model, corpus, tmp_path):
 def test_resume_of_a_complete_store_writes_nothing(model, corpus, tmp_path):
     first = capture(model, _cfg(corpus, tmp_path / "s"))
     before = store_files(tmp_path / "s")
-    again = capture(model, _cfg(corpus, tmp_path / "s", batch_size=7, queue_size=1))  # not part of the identity
+    again = capture(
+        model, _cfg(corpus, tmp_path / "s", batch_size=7, queue_size=1)
+    )  # not part of the identity
     assert first.shards_written == 4 and again.shards_written == 0 and again.tokens_processed == 0
     assert store_files(tmp_path / "s") == before
 
@@ -151,7 +171,9 @@ def test_folders_holding_other_things(model, corpus, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(StoreMismatchError, match=r"not empty and holds no activation store manifest.*notes\.txt"):
+    with pytest.raises(
+        StoreMismatchError, match=r"not empty and holds no activation store manifest.*notes\.txt"
+    ):
         capture(model, _cfg(corpus, foreign))
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     leftovers = tmp_path / "killed-before-manifest"  # what a kill during set-up leaves: resumable
@@ -200,7 +222,9 @@ def test_failing_writer_leaves_a_valid_resumable_store(model, corpus, tmp_path, 
         durable_write(path, data)
 
     out = tmp_path / "s"
-    with pytest.raises(StoreWriteError, match=r"writing shard \d+ failed while (writing|recording).*No space left") as info:
+    with pytest.raises(
+        StoreWriteError, match=r"writing shard \d+ failed while (writing|recording).*No space left"
+    ) as info:
         capture(model, _cfg(corpus, out), write_file=disk_full_after)
     assert "run the same capture again to resume" in str(info.value)
     store = ActivationStore(out)
@@ -236,5 +260,8 @@ def test_writer_overlaps_and_bounds_its_queue(tmp_path):
     gate.set()
     blocked.join(5)
     records = writer.close()
-    assert [r.index for r in records] == [0, 1, 2] and written == ["000000.safetensors", "000001.safetensors",
-                                                                    "000002.safetensors"]
+    assert [r.index for r in records] == [0, 1, 2] and written == [
+        "000000.safetensors",
+        "000001.safetensors",
+        "000002.safetensors",
+    ]

@@ -19,8 +19,24 @@ def model_folder(tmp_path_factory):
 
 
 def _argv(model_folder, corpus, out, *extra):
-    return ["--model", str(model_folder), "--data", str(corpus), "--out", str(out), "--context-length", "32",
-            "--max-contexts", "9", "--contexts-per-shard", "4", "--no-progress", "--device", "cpu", *extra]
+    return [
+        "--model",
+        str(model_folder),
+        "--data",
+        str(corpus),
+        "--out",
+        str(out),
+        "--context-length",
+        "32",
+        "--max-contexts",
+        "9",
+        "--contexts-per-shard",
+        "4",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def test_every_field_is_a_flag_with_its_docstring():
@@ -28,8 +44,25 @@ def test_every_field_is_a_flag_with_its_docstring():
     for name, doc in field_docs(CaptureConfig).items():
         assert "--" + name.replace("_", "-") in help_text
         assert doc[:40] in help_text
-    cfg, _ = parse_config(["--data", "d", "--out", "o", "--hooks", "a.b,c.d", "e.f", "--exclude", "bos", "eos",
-                           "--dtype", "bfloat16", "--no-shuffle-documents", "--max-contexts", "3"])
+    cfg, _ = parse_config(
+        [
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--hooks",
+            "a.b,c.d",
+            "e.f",
+            "--exclude",
+            "bos",
+            "eos",
+            "--dtype",
+            "bfloat16",
+            "--no-shuffle-documents",
+            "--max-contexts",
+            "3",
+        ]
+    )
     assert cfg.hooks == ("a.b", "c.d", "e.f") and cfg.exclude == ("bos", "eos") and cfg.dtype == "bfloat16"
     assert cfg.shuffle_documents is False and cfg.max_contexts == 3 and cfg.context_length == 1024
     with pytest.raises(SystemExit):
@@ -43,10 +76,22 @@ def test_main_captures_what_the_api_captures(model_folder, corpus, tmp_path):
     assert main(_argv(model_folder, corpus, out, "--hooks", f"{HOOKS[0]},{HOOKS[2]}")) == 0
     store = ActivationStore(out)
     assert store.manifest.complete and store.hooks == [HOOKS[0], HOOKS[2]]
-    api = capture(load_model(model_folder, device="cpu"), CaptureConfig(data=str(corpus), hooks=(HOOKS[0], HOOKS[2]), out=str(tmp_path / "api"),
-                                              context_length=32, max_contexts=9, contexts_per_shard=4, progress=False))
+    api = capture(
+        load_model(model_folder, device="cpu"),
+        CaptureConfig(
+            data=str(corpus),
+            hooks=(HOOKS[0], HOOKS[2]),
+            out=str(tmp_path / "api"),
+            context_length=32,
+            max_contexts=9,
+            contexts_per_shard=4,
+            progress=False,
+        ),
+    )
     assert [r.files for r in api.manifest.shards] == [r.files for r in store.shards]  # same bytes
-    assert main(_argv(model_folder, corpus, out, "--hooks", HOOKS[0], HOOKS[2], "--batch-size", "2")) == 0  # resume
+    assert (
+        main(_argv(model_folder, corpus, out, "--hooks", HOOKS[0], HOOKS[2], "--batch-size", "2")) == 0
+    )  # resume
 
 
 def test_main_refusals_exit_2_with_the_reason(model_folder, corpus, tmp_path, caplog):

@@ -23,7 +23,11 @@ def _texts(corpus) -> list[str]:
 
 def _stream(packed: PackedContexts) -> list[int]:
     """The token stream the contexts hold: every context without its BOS and padding, in order."""
-    return [t for ctx, n in zip(packed.tokens_NL.tolist(), packed.lengths_N.tolist(), strict=True) for t in ctx[1:n]]
+    return [
+        t
+        for ctx, n in zip(packed.tokens_NL.tolist(), packed.lengths_N.tolist(), strict=True)
+        for t in ctx[1:n]
+    ]
 
 
 @pytest.mark.parametrize("context_length", [2, 17, 64])
@@ -75,11 +79,18 @@ def test_max_contexts_and_bytes_round_trip(tokenizer, corpus):
 
 def test_keep_mask(tokenizer):
     packed = pack_corpus_from(tokenizer, ["ab", "c"], 4)  # stream a b <eos> c <eos> -> [B a b E] [B c E P]
-    assert packed.tokens_NL.tolist() == [[BOS, *tokenizer.encode("ab", prepend_bos=False), EOS],
-                                         [BOS, *tokenizer.encode("c", prepend_bos=False), EOS, PAD]]
-    assert packed.keep_mask(0, 2, ("bos", "pad")).tolist() == [[False, True, True, True], [False, True, True, False]]
-    assert packed.keep_mask(0, 2, ("bos", "eos", "pad")).tolist() == [[False, True, True, False],
-                                                                      [False, True, False, False]]
+    assert packed.tokens_NL.tolist() == [
+        [BOS, *tokenizer.encode("ab", prepend_bos=False), EOS],
+        [BOS, *tokenizer.encode("c", prepend_bos=False), EOS, PAD],
+    ]
+    assert packed.keep_mask(0, 2, ("bos", "pad")).tolist() == [
+        [False, True, True, True],
+        [False, True, True, False],
+    ]
+    assert packed.keep_mask(0, 2, ("bos", "eos", "pad")).tolist() == [
+        [False, True, True, False],
+        [False, True, False, False],
+    ]
     assert packed.keep_mask(0, 2, ()).all()
     assert packed.attention_mask(0, 1) is None
     assert packed.attention_mask(0, 2).tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
@@ -100,7 +111,10 @@ def test_folders_and_file_kinds(tokenizer, tmp_path):
     dataset, field = load_documents(folder)
     assert sorted(dataset[field]) == ["first document", "second document\nwith two lines\n"]
     packed = pack_corpus(tokenizer, folder, 8, shuffle=False)
-    assert tokenizer.decode([t for t in _stream(packed) if t != EOS]) == "first documentsecond document\nwith two lines\n"
+    assert (
+        tokenizer.decode([t for t in _stream(packed) if t != EOS])
+        == "first documentsecond document\nwith two lines\n"
+    )
 
     jsonl = tmp_path / "j"
     jsonl.mkdir()

@@ -13,8 +13,16 @@ pytestmark = pytest.mark.slow
 
 def test_embedded_capture_equals_run_with_cache(embedded_model, tmp_path):
     hooks = ("blocks.3.hook_resid_post", "blocks.5.attn.hook_z")
-    cfg = CaptureConfig(data=str(CORPUS), hooks=hooks, out=str(tmp_path / "s"), context_length=64, max_contexts=3,
-                        batch_size=2, contexts_per_shard=2, progress=False)
+    cfg = CaptureConfig(
+        data=str(CORPUS),
+        hooks=hooks,
+        out=str(tmp_path / "s"),
+        context_length=64,
+        max_contexts=3,
+        batch_size=2,
+        contexts_per_shard=2,
+        progress=False,
+    )
     result = capture(embedded_model, cfg)
     store = ActivationStore(tmp_path / "s")
     assert result.manifest.complete and store.rows == 3 * 63
@@ -25,7 +33,9 @@ def test_embedded_capture_equals_run_with_cache(embedded_model, tmp_path):
         rows = store.read_rows([hook], [s.index for s in store.shards])
         expected = cache[hook].reshape(3, 64, -1)[rows.contexts.long(), rows.positions.long()]
         scale = expected.abs().max()
-        assert (rows.activations[hook] - expected).abs().max() <= 1e-5 * scale  # relative to the stream's scale
+        assert (
+            rows.activations[hook] - expected
+        ).abs().max() <= 1e-5 * scale  # relative to the stream's scale
         msn = expected.double().pow(2).sum(-1).mean().item()
         assert store.mean_squared_norm(hook) == pytest.approx(msn, rel=1e-9)
     batch = next(store.batches(hooks[0], batch_size=64, seed=0))

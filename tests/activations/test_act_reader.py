@@ -24,8 +24,16 @@ HOOK = HOOKS[0]
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory, corpus):
     out = tmp_path_factory.mktemp("reader") / "s"
-    cfg = CaptureConfig(data=str(corpus), hooks=HOOKS, out=str(out), context_length=32, max_contexts=60,
-                        batch_size=10, contexts_per_shard=7, progress=False)
+    cfg = CaptureConfig(
+        data=str(corpus),
+        hooks=HOOKS,
+        out=str(out),
+        context_length=32,
+        max_contexts=60,
+        batch_size=10,
+        contexts_per_shard=7,
+        progress=False,
+    )
     with one_thread():
         capture(tiny_model(), cfg)
     return out
@@ -39,8 +47,11 @@ def _all_rows(store: ActivationStore, hook: str) -> dict[tuple[int, int], torch.
     out = {}
     for record in store.shards:
         rows = store.read_shard(hook, record.index)
-        for key, act in zip(zip(rows.contexts.tolist(), rows.positions.tolist(), strict=True),
-                            rows.activations[hook], strict=True):
+        for key, act in zip(
+            zip(rows.contexts.tolist(), rows.positions.tolist(), strict=True),
+            rows.activations[hook],
+            strict=True,
+        ):
             out[key] = act
     return out
 
@@ -50,7 +61,9 @@ def test_every_row_once_per_epoch_with_its_values(store_path):
     truth = _all_rows(store, HOOK)
     assert len(truth) == store.rows == 60 * 31
     batches = store.batches(HOOK, batch_size=128, seed=0, buffer_rows=500, epochs=2, with_index=True)
-    assert batches.batches_per_epoch == -(-store.rows // 128) and len(batches) == 2 * batches.batches_per_epoch
+    assert (
+        batches.batches_per_epoch == -(-store.rows // 128) and len(batches) == 2 * batches.batches_per_epoch
+    )
     epochs: list[list[tuple[int, int]]] = [[], []]
     for i, batch in enumerate(batches):
         assert batch.activations.shape[1] == 32 and batch.activations.dtype == torch.float32
@@ -110,7 +123,9 @@ def test_drop_last_buffers_and_dtype(store_path):
     dropped = list(store.batches(HOOK, batch_size=1000, drop_last=True, dtype=torch.bfloat16))
     assert len(dropped) == store.rows // 1000 and all(b.shape == (1000, 32) for b in dropped)
     assert dropped[0].dtype == torch.bfloat16
-    tiny_buffer = list(store.batches(HOOK, batch_size=64, buffer_rows=1, prefetch=False))  # one shard per window
+    tiny_buffer = list(
+        store.batches(HOOK, batch_size=64, buffer_rows=1, prefetch=False)
+    )  # one shard per window
     assert sum(len(b) for b in tiny_buffer) == store.rows
     windows = plan_epoch([5, 5, 5, 20, 1], 10, seed=0, epoch=0)
     assert sorted(u for w in windows for u in w) == [0, 1, 2, 3, 4]
@@ -148,19 +163,39 @@ def test_on_the_fly_matches_the_store(store_path):
     truth = _all_rows(store, HOOK)
     model = tiny_model()
     contexts = store.contexts()
-    live = OnTheFlyBatches(model, contexts, HOOK, batch_size=128, seed=0, buffer_rows=400, model_batch_size=10,
-                           with_index=True, epochs=1)
+    live = OnTheFlyBatches(
+        model,
+        contexts,
+        HOOK,
+        batch_size=128,
+        seed=0,
+        buffer_rows=400,
+        model_batch_size=10,
+        with_index=True,
+        epochs=1,
+    )
     got = list(live)
     keys = [k for b in got for k in _keys(b)]
     assert len(keys) == len(set(keys)) == store.rows and set(keys) == set(truth)
     for batch in got:
-        torch.testing.assert_close(batch.activations, torch.stack([truth[k] for k in _keys(batch)]), rtol=1e-5,
-                                   atol=1e-6)
+        torch.testing.assert_close(
+            batch.activations, torch.stack([truth[k] for k in _keys(batch)]), rtol=1e-5, atol=1e-6
+        )
     # the plain interface: Tensor[batch, d], deterministic, resumable
-    plain = OnTheFlyBatches(model, contexts, HOOK, batch_size=128, seed=0, buffer_rows=400, model_batch_size=10)
+    plain = OnTheFlyBatches(
+        model, contexts, HOOK, batch_size=128, seed=0, buffer_rows=400, model_batch_size=10
+    )
     first = [next(plain) for _ in range(3)]
     assert isinstance(first[0], torch.Tensor) and first[0].shape == (128, 32)
     assert all(torch.equal(a, b.activations) for a, b in zip(first, got, strict=False))
-    resumed = OnTheFlyBatches(model, contexts, HOOK, batch_size=128, seed=0, buffer_rows=400, model_batch_size=10,
-                              start=plain.position)
+    resumed = OnTheFlyBatches(
+        model,
+        contexts,
+        HOOK,
+        batch_size=128,
+        seed=0,
+        buffer_rows=400,
+        model_batch_size=10,
+        start=plain.position,
+    )
     assert torch.equal(next(resumed), got[3].activations)

@@ -46,7 +46,10 @@ def test_kill_9_at_random_points_then_resume(tmp_path, reference):
     while kills < 5:
         proc = subprocess.Popen(
             [sys.executable, str(WORKER), "--out", str(out), "--delay", "0.02"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
         )
         assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
         time.sleep(rng.uniform(0.0, 0.3))  # the whole capture takes about 1.5 s after READY
@@ -79,8 +82,16 @@ def _free_port() -> int:
 def test_two_gloo_processes_equal_one(tmp_path, reference):
     out = tmp_path / "s"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-        f"--master_port={_free_port()}", "--master_addr=127.0.0.1", str(WORKER), "--out", str(out),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        f"--master_port={_free_port()}",
+        "--master_addr=127.0.0.1",
+        str(WORKER),
+        "--out",
+        str(out),
     ]
     run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=180)
     assert run.returncode == 0, run.stdout + run.stderr
