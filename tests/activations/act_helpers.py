@@ -2,43 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from g2interp import HookedGemma, ModelConfig
 from g2interp.loading.tokenizer import GemmaTokenizer
+from tests.tiny import BOS, EOS, PAD, byte_tokenizer, one_thread  # noqa: F401  (re-exported to the tests)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CORPUS = FIXTURES / "corpus_small.jsonl"
-PAD, EOS, BOS = 0, 1, 2
 HOOKS = ("blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.2.hook_mlp_out")
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls run ~1000x slower with 2 OpenMP threads on the 2-core test machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def tiny_tokenizer() -> GemmaTokenizer:
     """Byte-level BPE without merges: one token per UTF-8 byte, so any text round-trips exactly."""
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {"<pad>": PAD, "<eos>": EOS, "<bos>": BOS}
-    vocab.update({ch: 3 + i for i, ch in enumerate(sorted(alphabet))})
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(["<pad>", "<eos>", "<bos>"])
-    return GemmaTokenizer(backend, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    return GemmaTokenizer(byte_tokenizer(), bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -8,20 +8,16 @@ dashboards and evaluations), and probe heads for two harm types.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+from tests.tiny import one_thread, save_chat_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "apps" / "explorer.py"
 CORPUS = REPO / "tests" / "fixtures" / "corpus_small.jsonl"
-PAD, EOS, BOS = 0, 1, 2
-CONTROL = ("<start_of_turn>", "<end_of_turn>")
-VOCAB_SIZE = 3 + 256 + len(CONTROL) + 2  # specials, bytes, turn markers, "Yes", "No"
 RESID_HOOK = "blocks.1.hook_resid_post"
 MLP_HOOK = "blocks.2.hook_mlp_out"
 D_SAE = 64
@@ -45,39 +41,9 @@ class ExplorerWorld(NamedTuple):
     """A runs folder with no SAE in it."""
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls run far slower with two OpenMP threads on a shared two-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def chat_tokenizer() -> Tokenizer:
-    """One token per UTF-8 byte, plus Gemma's turn markers and 'Yes' / 'No' (what moderation needs)."""
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {"<pad>": PAD, "<eos>": EOS, "<bos>": BOS}
-    vocab.update({ch: 3 + i for i, ch in enumerate(sorted(alphabet))})
-    for tok in (*CONTROL, "Yes", "No"):
-        vocab[tok] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True) for t in ("<pad>", "<eos>", "<bos>", *CONTROL)])
-    backend.add_tokens([AddedToken("Yes", special=False), AddedToken("No", special=False)])
-    return backend
-
-
 def save_model(folder: Path) -> Path:
     """A random tiny Gemma 3 (4 layers, d_model 48) saved by transformers, with the chat tokenizer."""
-    from tests.conftest import make_hf_model
-
-    hf = make_hf_model("gemma3", seed=0, vocab_size=VOCAB_SIZE, max_position_embeddings=2048)
-    hf.save_pretrained(folder)
-    chat_tokenizer().save(str(folder / "tokenizer.json"))
+    save_chat_checkpoint(folder, "gemma3", seed=0)
     return folder
 
 

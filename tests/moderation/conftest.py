@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.moderation.helpers import one_thread, save_tiny_checkpoint
+from tests.tiny import one_thread, save_chat_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +24,7 @@ def tiny(request, tmp_path_factory):
     kind, window = request.param
     folder = tmp_path_factory.mktemp(f"mod-{kind}-{window}")
     with one_thread():
-        hf = save_tiny_checkpoint(folder, kind, sliding_window=window)
+        hf = save_chat_checkpoint(folder, kind, sliding_window=window)
         model = load_model(folder, device="cpu", dtype=torch.float32)
     return hf, model, folder
 
@@ -35,6 +35,6 @@ def tiny_gemma2(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("mod-gemma2")
     with one_thread():
-        hf = save_tiny_checkpoint(folder, "gemma2")
+        hf = save_chat_checkpoint(folder, "gemma2")
         model = load_model(folder, device="cpu", dtype=torch.float32)
     return hf, model, folder

@@ -17,12 +17,13 @@ from g2interp.moderation import (
     render,
 )
 from g2interp.moderation.policies import resolve_policies
-from tests.moderation.helpers import BOS, EOS, INJECTIONS, PAD, chat_tokenizer
+from tests.moderation.helpers import INJECTIONS
+from tests.tiny import BOS, EOS, PAD, byte_tokenizer
 
 
 @pytest.fixture(scope="module")
 def encoder() -> TemplateEncoder:
-    return TemplateEncoder(GemmaTokenizer(chat_tokenizer(), BOS, EOS, PAD), max_text_tokens=64)
+    return TemplateEncoder(GemmaTokenizer(byte_tokenizer(chat=True), BOS, EOS, PAD), max_text_tokens=64)
 
 
 def test_shieldgemma_policies():
@@ -109,7 +110,7 @@ def test_overlong_truncates_head_and_tail(encoder, caplog):
 
 def test_overlong_error():
     enc = TemplateEncoder(
-        GemmaTokenizer(chat_tokenizer(), BOS, EOS, PAD), max_text_tokens=8, overflow="error"
+        GemmaTokenizer(byte_tokenizer(chat=True), BOS, EOS, PAD), max_text_tokens=8, overflow="error"
     )
     with pytest.raises(ValueError, match="max_text_tokens=8"):
         enc.encode_prompt("this text is much longer than eight bytes")
