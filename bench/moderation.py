@@ -2,8 +2,12 @@
 
 Scores the same texts four ways, with 1 and 4 policies (ShieldGemma's four harm types):
 
-* ``naive``: one full forward per (text, policy), as ShieldGemma's reference code runs it (only the
-  'Yes'/'No' unembedding rows applied, so the 262k-wide LM head does not dominate the reference);
+* ``naive``: one full forward per (text, policy), only the 'Yes'/'No' unembedding rows applied to the
+  last position (the strong reference: the 262k-wide LM head does not dominate it); the ratios are
+  against this row;
+* ``naive, full logits``: the same forwards reading the model's [batch, tokens, vocab] logits, as
+  ShieldGemma's published code (``model(**inputs).logits``) does; timed on the first ``--full-logits-texts``
+  texts only, since it is slow;
 * ``generative``: the Moderator's generative scorer, each text's prefix run once and every policy suffix
   continuing it from the KV cache;
 * ``probe``: the default ``Moderator.load()``: one prefix forward up to the deepest head layer scores all
@@ -60,6 +64,9 @@ def main() -> None:
     parser.add_argument(
         "--calls", type=int, default=1000, help="sequential check_prompt calls for the RSS check"
     )
+    parser.add_argument(
+        "--full-logits-texts", type=int, default=8, help="texts for the full-logits reference (0: skip)"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the printed tables to this file")
     args = parser.parse_args()
@@ -94,16 +101,30 @@ def main() -> None:
         t_naive = timed(
             lambda policies=policies, encoded=encoded: score_naive(model, probe.encoder, encoded, policies)
         )
+        n_full = min(args.full_logits_texts, len(texts))
+        t_full = (
+            timed(
+                lambda policies=policies, encoded=encoded[:n_full]: score_naive(
+                    model, probe.encoder, encoded, policies, full_logits=True
+                )
+            )
+            * len(texts)
+            / n_full
+            if n_full
+            else None
+        )
         gen = Moderator(model, names, scorer="generative")
         t_gen = timed(lambda gen=gen: gen.score_prompts(texts))
         prb = Moderator(model, names, heads=probe.heads, scorer="probe")
         t_probe = timed(lambda prb=prb: prb.score_prompts(texts), repeats=3)
         for name, t in (
+            (f"naive, full logits ({n_full} texts)", t_full),
             ("naive (1 forward / policy)", t_naive),
             ("generative, shared prefix", t_gen),
             ("probe heads", t_probe),
         ):
-            rows.append((n_pol, name, len(texts) / t, t_naive / t))
+            if t is not None:
+                rows.append((n_pol, name, len(texts) / t, t_naive / t))
     emit("\n| policies | scorer | texts/s | x naive |\n|---|---|---|---|")
     for n_pol, name, tps, ratio in rows:
         emit(f"| {n_pol} | {name} | {tps:.2f} | {ratio:.1f} |")
