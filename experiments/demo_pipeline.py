@@ -65,6 +65,7 @@ SHARED_CORPUS = REPO.parent / "shared" / "data" / "corpus"
 SMALL_CORPUS = REPO / "tests" / "fixtures" / "corpus_small.jsonl"
 TRAIN_SETTINGS_FILE = "demo_train.json"
 DEFAULT_LAYER = 6
+DEFAULT_STEPS = 384  # training steps when --epochs is not given
 EXAMPLES = (
     "What is the capital of France?",
     "Write a friendly birthday message for my grandmother.",
@@ -83,13 +84,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--layer", default="auto", help="block whose hook_resid_post the SAE reads, or 'auto'")
     p.add_argument("--context-length", type=int, default=128)
-    p.add_argument("--train-contexts", type=int, default=256, help="contexts captured for training")
+    p.add_argument("--train-contexts", type=int, default=512, help="contexts captured for training")
     p.add_argument("--eval-contexts", type=int, default=4, help="held-out contexts for the evaluation")
     p.add_argument(
         "--dashboard-contexts", type=int, default=128, help="contexts the dashboards are built from"
     )
     p.add_argument("--d-sae", type=int, default=2048)
-    p.add_argument("--epochs", type=int, default=12, help="passes over the captured activations")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="passes over the captured activations (default: as many as ~384 training steps need)",
+    )
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--target-l0", type=float, default=32.0)
@@ -160,10 +166,12 @@ def training_config(args, d_in: int, rows: int, hook: str) -> SAETrainingConfig:
     steps_per_epoch = rows // args.batch_size
     if steps_per_epoch < 1:
         raise SystemExit(f"the store holds {rows} rows, fewer than one batch of {args.batch_size}")
+    # 512 contexts of the corpus give ~63 steps an epoch; the small fallback corpus needs more passes
+    epochs = args.epochs or max(1, round(DEFAULT_STEPS / steps_per_epoch))
     return SAETrainingConfig(
         d_in=d_in,
         d_sae=args.d_sae,
-        total_tokens=args.epochs * steps_per_epoch * args.batch_size,
+        total_tokens=epochs * steps_per_epoch * args.batch_size,
         batch_size=args.batch_size,
         lr=args.lr,
         lr_warmup_steps=20,
@@ -171,7 +179,7 @@ def training_config(args, d_in: int, rows: int, hook: str) -> SAETrainingConfig:
         l0_coefficient=1e-3,
         b_dec_init="mean",
         n_norm_batches=4,
-        dead_window_steps=min(100, args.epochs * steps_per_epoch),
+        dead_window_steps=min(100, epochs * steps_per_epoch),
         checkpoint_every=50,
         log_every=25,
         seed=args.seed,
