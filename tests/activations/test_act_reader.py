@@ -163,18 +163,13 @@ def test_on_the_fly_matches_the_store(store_path):
     truth = _all_rows(store, HOOK)
     model = tiny_model()
     contexts = store.contexts()
-    live = OnTheFlyBatches(
-        model,
-        contexts,
-        HOOK,
-        batch_size=128,
-        seed=0,
-        buffer_rows=400,
-        model_batch_size=10,
-        with_index=True,
-        epochs=1,
-    )
-    got = list(live)
+
+    def live(**kwargs) -> OnTheFlyBatches:
+        return OnTheFlyBatches(
+            model, contexts, HOOK, batch_size=128, seed=0, buffer_rows=400, model_batch_size=10, **kwargs
+        )
+
+    got = list(live(with_index=True, epochs=1))
     keys = [k for b in got for k in _keys(b)]
     assert len(keys) == len(set(keys)) == store.rows and set(keys) == set(truth)
     for batch in got:
@@ -182,20 +177,9 @@ def test_on_the_fly_matches_the_store(store_path):
             batch.activations, torch.stack([truth[k] for k in _keys(batch)]), rtol=1e-5, atol=1e-6
         )
     # the plain interface: Tensor[batch, d], deterministic, resumable
-    plain = OnTheFlyBatches(
-        model, contexts, HOOK, batch_size=128, seed=0, buffer_rows=400, model_batch_size=10
-    )
+    plain = live()
     first = [next(plain) for _ in range(3)]
     assert isinstance(first[0], torch.Tensor) and first[0].shape == (128, 32)
     assert all(torch.equal(a, b.activations) for a, b in zip(first, got, strict=False))
-    resumed = OnTheFlyBatches(
-        model,
-        contexts,
-        HOOK,
-        batch_size=128,
-        seed=0,
-        buffer_rows=400,
-        model_batch_size=10,
-        start=plain.position,
-    )
+    resumed = live(start=plain.position)
     assert torch.equal(next(resumed), got[3].activations)
