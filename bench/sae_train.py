@@ -10,6 +10,7 @@ the same held-out batch. Two regimes are timed:
 
     python bench/sae_train.py                          # quick synthetic run
     python bench/sae_train.py --activations acts.safetensors --steps 20
+    python bench/sae_train.py --activations runs/demo/stores/blocks.8.hook_resid_post   # a store folder
 
 Speeds on a shared CPU vary with the load; compare the ratio, measured in one run.
 """
@@ -22,6 +23,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -46,10 +48,40 @@ def synthetic_batches(n: int, batch: int, d_in: int, seed: int = 0) -> list[torc
     return out
 
 
+def store_rows(path: Path, hook: str | None, need: int) -> torch.Tensor:
+    """Up to ``need`` rows of one hook of an activation store (``g2interp capture``), in shard order."""
+    from g2interp.activations import ActivationStore
+
+    store = ActivationStore(path)
+    if hook is not None and hook not in store.hooks:
+        raise SystemExit(f"{path} holds no hook {hook!r}; it has {store.hooks}")
+    hook = hook or store.hooks[0]
+    parts, have = [], 0
+    for record in store.manifest.shards:
+        parts.append(store.read_shard(hook, record.index).activations[hook])
+        have += parts[-1].shape[0]
+        if have >= need:
+            break
+    return torch.cat(parts)
+
+
 def file_batches(path: str, key: str | None, batch: int, n: int) -> list[torch.Tensor]:
+    if Path(path).is_dir():
+        acts = store_rows(Path(path), key, batch * n).float()
+        acts = acts.reshape(acts.shape[0], -1)
+        return _cycle(acts, path, batch, n)
     tensors = load_file(path)
-    name = key or next(k for k, t in tensors.items() if t.dim() >= 2)
-    acts = tensors[name].reshape(-1, tensors[name].shape[-1]).float()
+    floats = [k for k, t in tensors.items() if t.dim() >= 2 and t.is_floating_point()]
+    if key is None and not floats:
+        raise SystemExit(f"{path} holds no floating-point tensor of 2 or more dimensions")
+    if key is not None and key not in tensors:
+        raise SystemExit(f"{path} has no tensor {key!r}; it has {sorted(tensors)}")
+    name = key or floats[0]
+    return _cycle(tensors[name].reshape(-1, tensors[name].shape[-1]).float(), path, batch, n)
+
+
+def _cycle(acts: torch.Tensor, path: str, batch: int, n: int) -> list[torch.Tensor]:
+    """``n`` batches of ``batch`` rows, the rows repeated when there are too few."""
     if acts.shape[0] < batch * n:
         reps = math.ceil(batch * n / acts.shape[0])
         logger.warning("%s has %d rows; cycling it %d times", path, acts.shape[0], reps)
@@ -124,9 +156,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--activations", help="safetensors file of activations [..., d_in] (default: synthetic)"
+        "--activations",
+        help="safetensors file of activations [..., d_in] or an activation store folder (default: synthetic)",
     )
-    parser.add_argument("--key", help="tensor name in --activations (default: the first 2-D tensor)")
+    parser.add_argument(
+        "--key",
+        help="tensor name in an --activations file, or hook name in a store folder (default: the first)",
+    )
     parser.add_argument("--steps", type=int, default=6, help="training steps per trainer and regime")
     parser.add_argument("--d-in", type=int, default=640)
     parser.add_argument("--d-sae", type=int, default=4096)
