@@ -11,19 +11,16 @@ Help for each flag is the field's docstring. Re-running a command resumes from i
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import inspect
-import itertools
 import json
 import logging
 import sys
-import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from g2interp.activations.config import field_docs
 from g2interp.sae.data import CorpusError, hook_shape
 from g2interp.sae.distributed import init_data_parallel
 from g2interp.sae.run import TrainSAEConfig, train_sae
@@ -35,22 +32,6 @@ logger = logging.getLogger("g2interp.sae.cli")
 _DERIVED = ("d_in", "hook_name", "model_name", "reshape_hook_z")
 _EXIT_USAGE = 2
 _CHOICES = {"b_dec_init": B_DEC_INITS}
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass, whitespace collapsed."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, nxt in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
 
 
 def _add_fields(parser: argparse._ArgumentGroup, cls: type, skip: Sequence[str]) -> None:

@@ -30,14 +30,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from g2interp.activations.corpus import CorpusError, pack_texts
+
 logger = logging.getLogger(__name__)
 
 #: Corpus file suffix read by :func:`read_texts`.
 CORPUS_SUFFIX = ".jsonl"
-
-
-class CorpusError(ValueError):
-    """A corpus is missing, empty, or lacks its text field."""
 
 
 class CapturingLM(Protocol):
@@ -107,30 +105,19 @@ def pack_contexts(
 ) -> Int[Tensor, "n_contexts context_length"]:
     """Contexts ``[BOS, t_1, ..., t_{L-1}]`` cut from the documents joined with EOS after each.
 
-    A document crossing a cut continues in the next context; the short tail of the stream is dropped,
-    so there is no padding. ``tokenizer`` is a :class:`~g2interp.loading.tokenizer.GemmaTokenizer`.
+    The activation store's packing (:func:`g2interp.activations.corpus.pack_texts`) in the texts' order,
+    without its padded last context: a document crossing a cut continues in the next context and the
+    short tail of the stream is dropped. ``tokenizer`` is a :class:`~g2interp.loading.tokenizer.GemmaTokenizer`.
     """
     if context_length < 2:
         raise ValueError(f"context_length must be >= 2, got {context_length}")
-    piece = context_length - 1
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    rows: list[list[int]] = []
-    stream: list[int] = []
     step = 256  # documents per tokenizer call
-    for start in range(0, len(texts), step):
-        for ids in tokenizer.encode_batch(list(texts[start : start + step]), prepend_bos=False):
-            stream.extend(ids)
-            stream.append(eos)
-        n_full = len(stream) // piece
-        rows.extend([bos, *stream[i * piece : (i + 1) * piece]] for i in range(n_full))
-        stream = stream[n_full * piece :]
-        if max_contexts is not None and len(rows) >= max_contexts:
-            break
-    if max_contexts is not None:
-        rows = rows[:max_contexts]
-    if not rows:
+    batches = (list(texts[start : start + step]) for start in range(0, len(texts), step))
+    packed = pack_texts(tokenizer, batches, context_length, max_contexts=max_contexts)
+    full = packed.tokens_NL[packed.lengths_N == context_length].long()
+    if not len(full):
         raise CorpusError(f"the corpus is shorter than one context of {context_length} tokens")
-    return torch.tensor(rows, dtype=torch.long)
+    return full
 
 
 def split_contexts(contexts: Int[Tensor, "n context_length"], n_eval: int, seed: int = 0) -> SplitContexts:
