@@ -56,13 +56,13 @@ def store_rows(path: Path, hook: str | None, need: int) -> torch.Tensor:
     if hook is not None and hook not in store.hooks:
         raise SystemExit(f"{path} holds no hook {hook!r}; it has {store.hooks}")
     hook = hook or store.hooks[0]
-    parts, have = [], 0
-    for record in store.manifest.shards:
-        parts.append(store.read_shard(hook, record.index).activations[hook])
-        have += parts[-1].shape[0]
+    indices, have = [], 0
+    for record in store.shards:
         if have >= need:
             break
-    return torch.cat(parts)
+        indices.append(record.index)
+        have += record.rows
+    return store.read_rows([hook], indices).activations[hook]
 
 
 def file_batches(path: str, key: str | None, batch: int, n: int) -> list[torch.Tensor]:
