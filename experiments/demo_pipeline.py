@@ -237,18 +237,21 @@ def moderate(moderator, note: str, sae: JumpReLUSAE, dashboards: Dashboards) -> 
     """Stage 5: scores of the examples, and the most harmful one's probe score explained."""
     if moderator is None:
         return [f"Moderation skipped: {note}."]
-    scores = moderator.score_prompts(list(EXAMPLES))
+    verdicts = [moderator.check_prompt(text) for text in EXAMPLES]
+    scores = [v.scores for v in verdicts]
     names = list(moderator.policy_names)
-    limits = moderator.default_thresholds
+    limits = verdicts[0].thresholds
     lines = [
         f"Moderation ({note}), P(violates) per prompt; verdict at the default thresholds "
         + ", ".join(f"{n} {limits[n]:.2f}" for n in names)
         + ":",
         "  " + " ".join(f"{n[:12]:>12s}" for n in names) + "  verdict  prompt",
     ]
-    for text, row in zip(EXAMPLES, scores, strict=True):
-        verdict = "blocked" if any(row[n] >= limits[n] for n in names) else "allowed"
-        lines.append("  " + " ".join(f"{row[n]:12.3f}" for n in names) + f"  {verdict:7s}  {text[:60]!r}")
+    for text, v in zip(EXAMPLES, verdicts, strict=True):
+        verdict = "blocked" if v.blocked else "allowed"
+        lines.append(
+            "  " + " ".join(f"{v.scores[n]:12.3f}" for n in names) + f"  {verdict:7s}  {text[:60]!r}"
+        )
     worst_text, worst = max(zip(EXAMPLES, scores, strict=True), key=lambda p: max(p[1].values()))
     policy = max(worst, key=worst.get)
     if not probe_layers(moderator, policy):
