@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
 from g2interp.sae import JumpReLUSAE
 from g2interp.sae.constants import DELTA_LOSS_RESULTS_FILE, EVAL_RESULTS_FILE
-from tests.tiny import one_thread
+from tests.tiny import free_port, one_thread
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "tests" / "fixtures" / "corpus_small.jsonl"
@@ -23,12 +22,6 @@ def _demo_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -44,7 +37,7 @@ def test_demo_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys, caplo
         "--d-sae", "256",
         "--batch-size", "256",
         "--epochs", "2",
-        "--port", str(_free_port()),
+        "--port", str(free_port()),
         "--serve-for", "0",
     ]  # fmt: skip
     caplog.set_level("INFO", logger="demo")

@@ -1,7 +1,8 @@
-"""Pieces shared by the tests' tiny worlds: byte-level tokenizers, a one-thread guard, tiny checkpoints."""
+"""Pieces shared by the tests: byte-level tokenizers, a one-thread guard, tiny checkpoints, a free port."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,13 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def byte_tokenizer(chat: bool = False) -> Tokenizer:

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from act_helpers import one_thread, store_files, tiny_model, worker_config
 
 from g2interp.activations import ActivationStore, capture
 from g2interp.activations.manifest import Manifest, journal_bytes
+from tests.tiny import free_port
 
 WORKER = Path(__file__).resolve().parent / "capture_worker.py"
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,12 +73,6 @@ def test_kill_9_at_random_points_then_resume(tmp_path, reference):
     assert ActivationStore(out).verify() == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_equal_one(tmp_path, reference):
     out = tmp_path / "s"
     cmd = [
@@ -87,7 +81,7 @@ def test_two_gloo_processes_equal_one(tmp_path, reference):
         "torch.distributed.run",
         "--nproc_per_node=2",
         "--nnodes=1",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         "--master_addr=127.0.0.1",
         str(WORKER),
         "--out",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.explorer.helpers import APP, REPO, environment
+from tests.tiny import free_port
 
 CHROMIUM = os.environ.get("G2INTERP_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -32,12 +32,6 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = REPO / "runs" / "screenshots"
 TIMEOUT_MS = 90_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +52,7 @@ def browser():
 @pytest.fixture(scope="module")
 def server(browser, world, tmp_path_factory):
     """The explorer served on localhost by ``streamlit run``; its URL."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
     env = {**os.environ, **environment(world), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port)]
