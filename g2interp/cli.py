@@ -85,7 +85,10 @@ DELEGATED = {
         "g2interp.activations.cli",
         "capture activations of a corpus into a sharded, resumable store",
     ),
-    "train-sae": ("g2interp.sae.cli", "train and evaluate a JumpReLU SAE on a model's activations"),
+    "train-sae": (
+        "g2interp.sae.cli",
+        "train and evaluate JumpReLU SAEs from an activation store (or on the fly)",
+    ),
     "moderate": ("g2interp.moderation.cli", "harm probabilities of a prompt (and response) as JSON"),
     "dashboards": ("g2interp.dashboards.cli", "precompute latent dashboards of an SAE for the explorer"),
 }

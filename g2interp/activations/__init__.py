@@ -1,11 +1,14 @@
-"""Activation capture and the sharded activation store.
+"""Activation capture, the sharded activation store, and the one interface stages read activations through.
 
-``capture(model, CaptureConfig(...))`` packs a corpus into contexts, runs one forward pass per
-batch for any set of hooks and writes resumable, checksummed safetensors shards (a folder per
-hook) with a JSON manifest. ``ActivationStore(path).batches(hook, batch_size)`` reads them back
-shuffled; ``OnTheFlyBatches`` yields the same batches straight from the model.
+``capture(model, CaptureConfig(...))`` packs a corpus into contexts (holding some out for evaluation),
+runs one forward pass per batch for any set of hooks and writes resumable, checksummed safetensors
+shards (a folder per hook) with a JSON manifest. ``ActivationStore(path)`` reads it back and
+``OnTheFlySource(model, ContextsConfig(...))`` computes the same rows on demand; both are an
+:class:`ActivationSource`: ``source.batches(hook, batch_size)`` (shuffled, resumable) and
+``source.iter_rows(hook, split="eval")`` (in context order).
 """
 
+from g2interp.activations.batches import ActivationBatches, IndexedBatch, Rows, plan_epoch
 from g2interp.activations.capture import (
     CapturedRows,
     CaptureResult,
@@ -17,13 +20,15 @@ from g2interp.activations.capture import (
     open_or_create_store,
     read_contexts,
 )
-from g2interp.activations.config import CaptureConfig
+from g2interp.activations.config import CaptureConfig, ContextsConfig
 from g2interp.activations.corpus import (
     CorpusError,
     PackedContexts,
     corpus_fingerprint,
+    hold_out,
     pack_corpus,
     pack_texts,
+    prepare_contexts,
 )
 from g2interp.activations.manifest import (
     HookInfo,
@@ -34,46 +39,45 @@ from g2interp.activations.manifest import (
     StoreError,
     StoreMismatchError,
     StoreWriteError,
+    activations_fingerprint,
 )
-from g2interp.activations.reader import (
-    ActivationBatches,
-    ActivationStore,
-    IndexedBatch,
-    OnTheFlyBatches,
-    Rows,
-    StoreBatches,
-    plan_epoch,
-)
+from g2interp.activations.source import ActivationSource, OnTheFlySource, open_store_or_capture
+from g2interp.activations.store import ActivationStore
 
 __all__ = [
     "ActivationBatches",
+    "ActivationSource",
     "ActivationStore",
     "CaptureConfig",
     "CaptureResult",
     "CapturedRows",
+    "ContextsConfig",
     "CorpusError",
     "HookInfo",
     "IndexedBatch",
     "Manifest",
-    "OnTheFlyBatches",
+    "OnTheFlySource",
     "PackedContexts",
     "Rows",
     "ShardCorruptError",
     "ShardMissingError",
     "ShardRecord",
-    "StoreBatches",
     "StoreError",
     "StoreMismatchError",
     "StoreWriteError",
+    "activations_fingerprint",
     "capture",
     "compute_shard",
     "corpus_fingerprint",
+    "hold_out",
     "hook_shapes",
     "iter_captured_rows",
     "model_fingerprint",
     "open_or_create_store",
+    "open_store_or_capture",
     "pack_corpus",
     "pack_texts",
     "plan_epoch",
+    "prepare_contexts",
     "read_contexts",
 ]

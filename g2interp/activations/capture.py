@@ -1,11 +1,14 @@
 """Capture: packed contexts -> one forward pass per batch -> rows per hook -> durable shards.
 
-A capture is resumable and data-parallel. Shard ``i`` always holds contexts
-``[i * contexts_per_shard, (i + 1) * contexts_per_shard)``, computed in the same batches, so a shard
-does not depend on which run, rank or restart wrote it. On start, the shards the manifest (and any
-rank journals) list are skipped; the rest are split round-robin over the ranks of a
-``torch.distributed`` group (gloo on CPU), each rank writing its own shards and journal; rank 0 then
-merges the journals into the one manifest.
+A capture is resumable and data-parallel. Shard ``i`` always holds the contexts of span ``i`` of
+:meth:`PackedContexts.shard_spans` (training contexts first, then the held-out ones, never mixed),
+computed in the same batches, so a shard does not depend on which run, rank or restart wrote it. On
+start, the shards the manifest (and any rank journals) list are skipped; the rest are split
+round-robin over the ranks of a ``torch.distributed`` group (gloo on CPU), each rank writing its own
+shards and journal; rank 0 then merges the journals into the one manifest.
+
+:func:`iter_captured_rows` is the one capture loop: the store's shards and the on-the-fly source
+(:class:`~g2interp.activations.source.OnTheFlySource`) both run it, so their rows are the same bits.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Float, Int
@@ -26,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from g2interp.activations.config import CaptureConfig
-from g2interp.activations.corpus import PackedContexts, corpus_files, corpus_fingerprint, pack_corpus
+from g2interp.activations.corpus import PackedContexts, corpus_files, corpus_fingerprint, prepare_contexts
 from g2interp.activations.manifest import (
     CONTEXTS_FILE,
     MANIFEST_FILE,
@@ -47,10 +50,10 @@ from g2interp.activations.manifest import (
     sha256_bytes,
 )
 from g2interp.activations.writer import PendingShard, ShardWriter, WriteFile
+from g2interp.distributed import DataParallel, RankFailedError
 from g2interp.model.gemma import HookedGemma
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 _FP16_MAX = 65504.0
 
 
@@ -98,15 +101,15 @@ def iter_captured_rows(
     *,
     start: int = 0,
     end: int | None = None,
-    batch_size: int = 8,
-    exclude: Sequence[str] = ("bos", "pad"),
+    batch_contexts: int = 8,
+    exclude: Sequence[str] = ("bos", "eos", "pad"),
 ) -> Iterator[CapturedRows]:
     """Run contexts ``start:end`` in batches, one forward each (stopping at the deepest hook's block)."""
     end = len(contexts) if end is None else end
     device = model.device
     position_Q = torch.arange(contexts.context_length, dtype=torch.int32)
-    for s in range(start, end, batch_size):
-        e = min(s + batch_size, end)
+    for s in range(start, end, batch_contexts):
+        e = min(s + batch_contexts, end)
         tokens_BQ = contexts.tokens_NL[s:e]
         mask_BQ = contexts.attention_mask(s, e)
         cache = model.capture(
@@ -171,14 +174,13 @@ def compute_shard(
     on_batch: Callable[[int], None] = lambda n_tokens: None,
 ) -> PendingShard:
     """Rows of shard ``index`` for every hook, cast to the storage dtype, with their squared-norm sums."""
-    start = index * cfg.contexts_per_shard
-    end = min(start + cfg.contexts_per_shard, len(contexts))
+    start, end = contexts.shard_spans(cfg.contexts_per_shard)[index]
     dtype = cfg.torch_dtype
     parts: dict[str, list[Tensor]] = {h: [] for h in hooks}
     squares: dict[str, list[Tensor]] = {h: [] for h in hooks}
     tokens, ctxs, positions = [], [], []
     for rows in iter_captured_rows(
-        model, contexts, hooks, start=start, end=end, batch_size=cfg.batch_size, exclude=cfg.exclude
+        model, contexts, hooks, start=start, end=end, batch_contexts=cfg.batch_contexts, exclude=cfg.exclude
     ):
         for h in hooks:
             act_RD = rows.activations[h]
@@ -206,50 +208,6 @@ def compute_shard(
     )
 
 
-# ---------------------------------------------------------------------------------------------- ranks
-@dataclass(frozen=True)
-class _Ranks:
-    """This process's place in a ``torch.distributed`` group (rank 0 of 1 without one)."""
-
-    rank: int
-    world: int
-
-    @classmethod
-    def current(cls) -> _Ranks:
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
-        return cls(0, 1)
-
-    def on_rank0(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on rank 0 and hand its result (or its exception) to every rank."""
-        if self.world == 1:
-            return fn()
-        box: list = [None]
-        if self.rank == 0:
-            try:
-                box[0] = (fn(), None)
-            except Exception as exc:
-                box[0] = (None, exc)
-        torch.distributed.broadcast_object_list(box, src=0)
-        result, error = box[0]
-        if error is not None:
-            raise error
-        return result
-
-    def raise_if_any_failed(self, error: BaseException | None) -> None:
-        """Every rank raises when one has failed (the failing rank its own error)."""
-        if self.world > 1:
-            status: list = [None] * self.world
-            torch.distributed.all_gather_object(status, None if error is None else repr(error))
-            failed = [(r, s) for r, s in enumerate(status) if s is not None]
-            if failed and error is None:
-                rank, message = failed[0]
-                raise StoreError(f"capture failed on rank {rank}: {message}")
-        if error is not None:
-            raise error
-
-
 # ---------------------------------------------------------------------------------------------- store set-up
 def _wanted_identity(model: HookedGemma, cfg: CaptureConfig) -> dict:
     identity = cfg.store_identity()
@@ -271,15 +229,7 @@ def _check_leftovers(root: Path, hooks: Sequence[str]) -> None:
 
 
 def _pack(model: HookedGemma, cfg: CaptureConfig) -> PackedContexts:
-    return pack_corpus(
-        model.tokenizer,
-        cfg.data,
-        cfg.context_length,
-        text_field=cfg.text_field,
-        seed=cfg.seed,
-        shuffle=cfg.shuffle_documents,
-        max_contexts=cfg.max_contexts,
-    )
+    return prepare_contexts(model.tokenizer, cfg)
 
 
 def _resume(
@@ -345,7 +295,7 @@ def _create(
     data = contexts.to_bytes()
     root.mkdir(parents=True, exist_ok=True)
     write_file(root / CONTEXTS_FILE, data)
-    n_shards = math.ceil(len(contexts) / cfg.contexts_per_shard)
+    n_shards = len(contexts.shard_spans(cfg.contexts_per_shard))
     base = Path(cfg.data).expanduser()
     manifest = Manifest(
         identity=wanted,
@@ -372,10 +322,16 @@ def _create(
         dtype=cfg.dtype,
         n_contexts=len(contexts),
         n_shards=n_shards,
+        n_eval=contexts.n_eval,
     ).with_shards([])
     write_file(root / MANIFEST_FILE, manifest.to_bytes())
     logger.info(
-        "created store %s: %d contexts in %d shards, hooks %s", root, len(contexts), n_shards, list(hooks)
+        "created store %s: %d contexts (%d held out) in %d shards, hooks %s",
+        root,
+        len(contexts),
+        contexts.n_eval,
+        n_shards,
+        list(hooks),
     )
     return manifest
 
@@ -453,14 +409,14 @@ def capture(
     (replace it to simulate disk faults).
     """
     started = time.perf_counter()
-    ranks = _Ranks.current()
+    ranks = DataParallel.current()
     hooks = list(check_request(model, cfg))  # on every rank, so that none waits on a refused request
     root = Path(cfg.out)
-    manifest = ranks.on_rank0(lambda: open_or_create_store(model, cfg, write_file))
+    manifest = ranks.on_main(lambda: open_or_create_store(model, cfg, write_file))
     contexts = read_contexts(root, manifest)
-    todo = manifest.missing_shards()[ranks.rank :: ranks.world]
+    todo = manifest.missing_shards()[ranks.rank :: ranks.world_size]
 
-    if ranks.world == 1:
+    if ranks.world_size == 1:
         state = {"manifest": manifest}
 
         def on_durable(record: ShardRecord) -> None:
@@ -473,15 +429,14 @@ def capture(
             mine.append(record)
             write_file(root / rank_journal_name(ranks.rank), journal_bytes(mine))
 
-    per_shard = [
-        int(contexts.lengths_N[i * cfg.contexts_per_shard : (i + 1) * cfg.contexts_per_shard].sum())
-        for i in todo
-    ]
+    spans = contexts.shard_spans(cfg.contexts_per_shard)
+    per_shard = [int(contexts.lengths_N[spans[i][0] : spans[i][1]].sum()) for i in todo]
     bar = tqdm(
         total=sum(per_shard),
         unit="tok",
         unit_scale=True,
-        desc=f"capture {root.name}" + (f" (rank 0's share of {ranks.world})" if ranks.world > 1 else ""),
+        desc=f"capture {root.name}"
+        + (f" (rank 0's share of {ranks.world_size})" if ranks.world_size > 1 else ""),
         disable=not cfg.progress or ranks.rank != 0,
         dynamic_ncols=True,
     )
@@ -513,8 +468,11 @@ def capture(
         except StoreError as exc:
             error = error or exc
     loop_seconds = time.perf_counter() - loop_started
-    ranks.raise_if_any_failed(error)
-    final = ranks.on_rank0(lambda: _finalise(root, write_file))
+    try:
+        ranks.raise_if_any_failed(error)
+    except RankFailedError as exc:
+        raise StoreError(f"capture failed on {exc}") from None
+    final = ranks.on_main(lambda: _finalise(root, write_file))
     seconds = time.perf_counter() - started
     rows = sum(r.rows for r in writer.records)
     logger.info(

@@ -1,10 +1,15 @@
-"""Corpus -> fixed-length contexts: find the files, read them with ``datasets``, tokenise, pack.
+"""Corpus -> fixed-length contexts: find the files, read them with ``datasets``, tokenise, pack, hold out.
 
 Packing (deterministic for a seed): documents in a seeded order, each followed by the model's
 separator (EOS), are joined into one token stream; the stream is cut into pieces of
 ``context_length - 1`` tokens and each piece gets a leading BOS. A document that crosses a cut
 continues in the next context, so no token is lost at document borders. Only the last context may
 be short; it is right-padded and its real length recorded.
+
+Holding out (:func:`hold_out`): the packed contexts are put in a seeded random order and the last
+``eval_contexts`` of it are the evaluation split, so neither split is a run of neighbouring documents.
+:func:`prepare_contexts` does both, from a :class:`~g2interp.activations.config.ContextsConfig`; it is
+the only packing the stages use.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ from jaxtyping import Bool, Int
 from safetensors.torch import load
 from torch import Tensor
 
+from g2interp.activations.config import ContextsConfig
 from g2interp.activations.manifest import safetensors_metadata, save_tensors
-from g2interp.loading.tokenizer import GemmaTokenizer
+from g2interp.tokenizer import GemmaTokenizer
 
 logger = logging.getLogger(__name__)
 
-#: File suffix -> ``datasets`` builder reading it.
+#: File suffix -> ``datasets`` builder reading it (``.gz`` of the text kinds is read as well).
 CORPUS_BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}
+#: Splits of a store and of an on-the-fly source.
+SPLITS = ("train", "eval")
 _TOKENIZE_BATCH = 256  # documents per tokenizer call
 
 
@@ -51,15 +59,51 @@ class PackedContexts:
     """Id filling the short last context."""
     n_documents: int
     """Documents read (with ``max_contexts``, the last tokenizer batch may reach past the last context)."""
+    n_eval: int = 0
+    """The last ``n_eval`` contexts are the held-out evaluation split; the others are for training."""
 
     def __post_init__(self) -> None:
         if self.tokens_NL.dim() != 2 or self.lengths_N.shape != self.tokens_NL.shape[:1]:
             raise ValueError(
                 f"tokens_NL {tuple(self.tokens_NL.shape)} and lengths_N {tuple(self.lengths_N.shape)} do not match"
             )
+        if not 0 <= self.n_eval <= len(self):
+            raise ValueError(f"n_eval {self.n_eval} is not within the {len(self)} contexts")
 
     def __len__(self) -> int:
         return self.tokens_NL.shape[0]
+
+    @property
+    def n_train(self) -> int:
+        return len(self) - self.n_eval
+
+    def split_range(self, split: str) -> range:
+        """Indices of the contexts of ``split`` (``train`` or ``eval``)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return range(0, self.n_train) if split == "train" else range(self.n_train, len(self))
+
+    def shard_spans(self, contexts_per_shard: int) -> list[tuple[int, int]]:
+        """Context ranges of the shards: the training contexts cut every ``contexts_per_shard``, then
+        the held-out ones likewise, so that no shard mixes the splits (shard ``i`` is span ``i``)."""
+        spans = []
+        for split in SPLITS:
+            r = self.split_range(split)
+            spans += [
+                (s, min(s + contexts_per_shard, r.stop)) for s in range(r.start, r.stop, contexts_per_shard)
+            ]
+        return spans
+
+    def subset(self, index: range) -> PackedContexts:
+        """Contexts ``index`` (a range) as their own packing (none of them held out)."""
+        return PackedContexts(
+            self.tokens_NL[index.start : index.stop],
+            self.lengths_N[index.start : index.stop],
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            n_documents=self.n_documents,
+        )
 
     @property
     def context_length(self) -> int:
@@ -96,6 +140,7 @@ class PackedContexts:
             "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id,
             "n_documents": self.n_documents,
+            "n_eval": self.n_eval,
         }
         return save_tensors(
             {"tokens": self.tokens_NL.contiguous(), "lengths": self.lengths_N.contiguous()}, meta
@@ -112,7 +157,17 @@ class PackedContexts:
             eos_token_id=int(meta["eos_token_id"]),
             pad_token_id=int(meta["pad_token_id"]),
             n_documents=int(meta["n_documents"]),
+            n_eval=int(meta.get("n_eval", 0)),
         )
+
+
+def _kind(path: Path) -> str:
+    """The corpus suffix of a file: ``.jsonl`` for ``x.jsonl`` and ``x.jsonl.gz``; '' if none."""
+    suffixes = path.suffixes
+    if suffixes and suffixes[-1] == ".gz":
+        inner = suffixes[-2] if len(suffixes) > 1 else ""
+        return inner if inner in (".jsonl", ".json", ".txt") else ""
+    return path.suffix if path.suffix in CORPUS_BUILDERS else ""
 
 
 def corpus_files(data: str | Path) -> list[Path]:
@@ -121,19 +176,19 @@ def corpus_files(data: str | Path) -> list[Path]:
     if not path.exists():
         raise CorpusError(f"corpus {path} does not exist")
     if path.is_file():
-        if path.suffix not in CORPUS_BUILDERS:
-            raise CorpusError(f"corpus file {path} is not one of {sorted(CORPUS_BUILDERS)}")
+        if not _kind(path):
+            raise CorpusError(
+                f"corpus file {path} is not one of {sorted(CORPUS_BUILDERS)} (or .gz of the text kinds)"
+            )
         return [path]
     files = sorted(
         p
         for p in path.rglob("*")
-        if p.is_file()
-        and p.suffix in CORPUS_BUILDERS
-        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        if p.is_file() and _kind(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )
     if not files:
         raise CorpusError(f"corpus folder {path} holds no {sorted(CORPUS_BUILDERS)} files")
-    builders = {CORPUS_BUILDERS[p.suffix] for p in files}
+    builders = {CORPUS_BUILDERS[_kind(p)] for p in files}
     if len(builders) > 1:
         raise CorpusError(
             f"corpus folder {path} mixes file kinds {sorted(builders)}; keep one kind per corpus"
@@ -160,7 +215,7 @@ def load_documents(data: str | Path, text_field: str = "text"):
     from datasets import load_dataset
 
     files = corpus_files(data)
-    builder = CORPUS_BUILDERS[files[0].suffix]
+    builder = CORPUS_BUILDERS[_kind(files[0])]
     kwargs = {"sample_by": "document"} if builder == "text" else {}
     try:
         dataset = load_dataset(builder, data_files=[str(f) for f in files], split="train", **kwargs)
@@ -272,3 +327,37 @@ def pack_texts(
         packed.n_tokens,
     )
     return packed
+
+
+def hold_out(packed: PackedContexts, n_eval: int, seed: int) -> PackedContexts:
+    """The contexts in a seeded random order, the last ``n_eval`` of it held out (see the module docstring)."""
+    n = len(packed)
+    if not 0 <= n_eval < n:
+        raise CorpusError(
+            f"the corpus packs into {n} contexts: holding out {n_eval} for evaluation leaves none to train "
+            f"on; lower eval_contexts or give more text"
+        )
+    order = torch.from_numpy(np.random.default_rng([seed, 1]).permutation(n))
+    return PackedContexts(
+        packed.tokens_NL[order],
+        packed.lengths_N[order],
+        bos_token_id=packed.bos_token_id,
+        eos_token_id=packed.eos_token_id,
+        pad_token_id=packed.pad_token_id,
+        n_documents=packed.n_documents,
+        n_eval=n_eval,
+    )
+
+
+def prepare_contexts(tokenizer: GemmaTokenizer, cfg: ContextsConfig) -> PackedContexts:
+    """The corpus of ``cfg`` packed and split as ``cfg`` says: the one packing of every stage."""
+    packed = pack_corpus(
+        tokenizer,
+        cfg.data,
+        cfg.context_length,
+        text_field=cfg.text_field,
+        seed=cfg.seed,
+        shuffle=cfg.shuffle_documents,
+        max_contexts=cfg.max_contexts,
+    )
+    return hold_out(packed, cfg.eval_contexts, cfg.seed)

@@ -4,7 +4,8 @@ Layout of a store folder::
 
     manifest.json                   what the store holds; lists only shards already durable
     manifest.rank{r}.json           shards finished by rank r of a distributed run not yet merged
-    contexts.safetensors            the packed contexts' token ids (tokens [N, L], lengths [N])
+    contexts.safetensors            the packed contexts' token ids (tokens [N, L], lengths [N]); the
+                                    last ``n_eval`` are the held-out split
     {hook}/{index:06d}.safetensors  one shard per hook: activations [rows, d], tokens, contexts, positions
 
 A shard's files are written (temp file, fsync, rename) before the manifest that names them, so the
@@ -21,10 +22,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from g2interp.loading.files import atomic_write_bytes
+from g2interp.files import atomic_write_bytes
 
 STORE_FORMAT = "g2interp-activation-store"
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: contexts kept with a held-out split, shards never mixing the splits
 MANIFEST_FILE = "manifest.json"
 CONTEXTS_FILE = "contexts.safetensors"
 RANK_JOURNAL_GLOB = "manifest.rank*.json"
@@ -188,6 +189,8 @@ class Manifest:
     """Contexts packed from the corpus."""
     n_shards: int
     """Shards a complete store holds."""
+    n_eval: int = 0
+    """Contexts held out for evaluation: the last ``n_eval`` of the contexts file, in shards of their own."""
     shards: tuple[ShardRecord, ...] = ()
     """Durable shards, sorted by index."""
     complete: bool = False
@@ -198,6 +201,20 @@ class Manifest:
     @property
     def rows(self) -> int:
         return sum(s.rows for s in self.shards)
+
+    @property
+    def fingerprint(self) -> str:
+        """What the activations are: model, corpus, packing and exclusions (not the hooks, dtype or
+        folder), as :func:`activations_fingerprint` computes it for an on-the-fly source too."""
+        identity = self.identity
+        contexts = {
+            k: v
+            for k, v in identity.items()
+            if k not in ("dtype", "hooks", "model_fingerprint", "corpus_fingerprint")
+        }
+        return activations_fingerprint(
+            contexts, identity["model_fingerprint"], identity["corpus_fingerprint"]
+        )
 
     def missing_shards(self) -> list[int]:
         done = {s.index for s in self.shards}
@@ -230,6 +247,8 @@ class Manifest:
             "dtype": self.dtype,
             "n_contexts": self.n_contexts,
             "n_shards": self.n_shards,
+            "n_eval": self.n_eval,
+            "fingerprint": self.fingerprint,
             "rows": self.rows,
             "hooks": {
                 name: {
@@ -254,7 +273,8 @@ class Manifest:
             raise StoreError(f"not an activation store manifest (format {obj.get('format')!r})")
         if obj.get("version") != STORE_VERSION:
             raise StoreError(
-                f"store format version {obj.get('version')} is not supported (this reads {STORE_VERSION})"
+                f"store format version {obj.get('version')} is not supported (this reads {STORE_VERSION}): "
+                f"capture it again into a new folder"
             )
         return cls(
             identity=obj["identity"],
@@ -268,6 +288,7 @@ class Manifest:
             dtype=obj["dtype"],
             n_contexts=int(obj["n_contexts"]),
             n_shards=int(obj["n_shards"]),
+            n_eval=int(obj["n_eval"]),
             shards=tuple(ShardRecord.from_json(s) for s in obj["shards"]),
             complete=bool(obj["complete"]),
             extra=obj.get("extra", {}),
@@ -294,6 +315,14 @@ def read_journal(path: Path) -> list[ShardRecord]:
 def journal_bytes(records: Iterable[ShardRecord]) -> bytes:
     shards = sorted(records, key=lambda r: r.index)
     return (json.dumps({"shards": [s.to_json() for s in shards]}, indent=1) + "\n").encode()
+
+
+def activations_fingerprint(contexts_identity: Mapping[str, Any], model_fp: str, corpus_fp: str) -> str:
+    """sha256 naming a set of activations: the packing settings, the model's and the corpus's fingerprints."""
+    blob = json.dumps(
+        {"contexts": dict(contexts_identity), "model": model_fp, "corpus": corpus_fp}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def identity_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:

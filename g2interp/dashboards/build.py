@@ -1,4 +1,4 @@
-"""Precomputed latent dashboards: one pass of model + SAE over a corpus, everything per latent kept.
+"""Precomputed latent dashboards: one pass of the SAE over a source's held-out contexts, everything per latent kept.
 
 For each latent of an SAE, :func:`build_dashboards` records
 
@@ -11,7 +11,9 @@ For each latent of an SAE, :func:`build_dashboards` records
   W_Uᵀ`` (through the final norm's scale; the norm's division by the residual's RMS is left out, so the
   numbers rank tokens rather than predict logits), top ``n_logits`` promoted and suppressed tokens.
 
-The model runs only as far as the SAE's hook. Results go to ``SAE_FOLDER/dashboards/`` as safetensors +
+The activations come from an :class:`~g2interp.activations.source.ActivationSource` (the SAE's store, or
+the same packing captured on the fly), by default its held-out ``eval`` contexts; the model is only read for
+its unembedding and tokenizer. Results go to ``SAE_FOLDER/dashboards/`` as safetensors +
 JSON, each file written atomically and the manifest last (its presence marks a complete build); see
 :class:`g2interp.dashboards.store.Dashboards` for reading them back.
 """
@@ -34,8 +36,8 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from g2interp.activations.config import EXCLUDABLE
 from g2interp.activations.corpus import PackedContexts
+from g2interp.activations.source import ActivationSource
 from g2interp.dashboards.constants import (
     DASHBOARD_FORMAT,
     DASHBOARD_MANIFEST_FILE,
@@ -43,7 +45,7 @@ from g2interp.dashboards.constants import (
     DASHBOARD_VOCAB_FILE,
     DASHBOARDS_DIR,
 )
-from g2interp.loading.files import atomic_write_bytes, atomic_write_text
+from g2interp.files import atomic_write_bytes, atomic_write_text
 from g2interp.sae.sae import JumpReLUSAE
 
 logger = logging.getLogger(__name__)
@@ -67,13 +69,11 @@ class DashboardConfig:
     hist_bins_per_decade: int = 10
     """Histogram resolution: bins per factor of ten."""
     batch_contexts: int = 8
-    """Contexts per forward pass."""
+    """Contexts encoded at once (each a ``context_length x d_sae`` block of activations)."""
     latent_chunk: int = 128
     """Latents per unembedding product in the logit effects (each is a ``chunk x vocab`` float block)."""
     through_ln_final: bool = True
     """Multiply decoder directions by the final norm's scale ``1 + w`` before the unembedding."""
-    exclude: tuple[str, ...] = ("bos", "pad")
-    """Positions that neither count nor rank: any of ``bos``, ``eos``, ``pad`` (SAEs are not trained on BOS)."""
 
     def __post_init__(self) -> None:
         for name in ("n_top", "n_logits", "hist_bins_per_decade", "batch_contexts", "latent_chunk"):
@@ -86,11 +86,6 @@ class DashboardConfig:
             raise ValueError(
                 f"hist_min_log10 ({self.hist_min_log10}) must be below hist_max_log10 ({self.hist_max_log10})"
             )
-        exclude = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude)
-        unknown = [e for e in exclude if e not in EXCLUDABLE]
-        if unknown:
-            raise ValueError(f"exclude may hold {EXCLUDABLE}; got unknown {unknown}")
-        object.__setattr__(self, "exclude", exclude)
 
     @property
     def n_bins(self) -> int:
@@ -102,9 +97,7 @@ class DashboardConfig:
         return [self.hist_min_log10 + i * step for i in range(self.n_bins + 1)]
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["exclude"] = list(self.exclude)
-        return out
+        return dataclasses.asdict(self)
 
 
 class LogitEffects(NamedTuple):
@@ -269,73 +262,68 @@ class _Accumulator:
         }
 
 
-def as_packed(contexts: PackedContexts | Tensor, model: Any) -> PackedContexts:
-    """``contexts`` as :class:`PackedContexts`; a ``[N, L]`` id tensor counts as all real tokens."""
-    if isinstance(contexts, PackedContexts):
-        return contexts
-    if not isinstance(contexts, Tensor) or contexts.dim() != 2 or contexts.is_floating_point():
-        raise TypeError(
-            "contexts must be PackedContexts or an integer tensor of token ids [n_contexts, length]"
-        )
-    cfg = model.cfg
-    return PackedContexts(
-        contexts.to("cpu", torch.int32),
-        torch.full((contexts.shape[0],), contexts.shape[1], dtype=torch.int32),
-        bos_token_id=cfg.bos_token_id,
-        eos_token_id=cfg.eos_token_ids[0],
-        pad_token_id=cfg.pad_token_id,
-        n_documents=contexts.shape[0],
-    )
-
-
 def default_folder(sae_folder: str | Path) -> Path:
     """Where an SAE's dashboards live: ``SAE_FOLDER/dashboards``."""
     return Path(sae_folder) / DASHBOARDS_DIR
+
+
+def _dense_batches(rows, lo: int, hi: int, length: int, batch_contexts: int):
+    """Rows of contexts ``lo:hi`` as ``[contexts, length, d]`` blocks (zeros where no row) and their keep masks."""
+    acts = rows.activations[next(iter(rows.activations))]
+    for s in range(lo, hi, batch_contexts):
+        e = min(s + batch_contexts, hi)
+        inside = (rows.contexts >= s) & (rows.contexts < e)
+        c, q = rows.contexts[inside].long() - s, rows.positions[inside].long()
+        x_BQD = acts.new_zeros(e - s, length, acts.shape[-1])
+        x_BQD[c, q] = acts[inside]
+        keep_BQ = torch.zeros(e - s, length, dtype=torch.bool)
+        keep_BQ[c, q] = True
+        yield s, x_BQD, keep_BQ
 
 
 @torch.no_grad()
 def build_dashboards(
     model: Any,
     sae: JumpReLUSAE,
-    contexts: PackedContexts | Tensor,
+    source: ActivationSource,
     out_folder: str | Path,
     cfg: DashboardConfig | None = None,
     *,
-    source: str = "",
+    split: str = "eval",
     progress: bool = True,
 ) -> BuildResult:
-    """Run ``model`` to the SAE's hook over ``contexts``, encode, and write the dashboards to ``out_folder``.
+    """Encode ``source``'s rows of the SAE's hook over the contexts of ``split`` and write the dashboards.
 
-    ``source`` (e.g. the corpus path) is recorded in the manifest.
+    ``model`` gives the unembedding (logit effects) and the tokenizer (token texts).
     """
     cfg = cfg or DashboardConfig()
     start_time = time.perf_counter()
     hook = sae.cfg.hook_name
     if not hook:
         raise ValueError("the SAE names no hook (cfg.hook_name is empty): cannot tell where it reads")
-    model.resolve_hook_names([hook])
-    packed = as_packed(contexts, model)
-    if len(packed) == 0:
-        raise ValueError("no contexts to build dashboards from")
+    source.check_hooks(hook)
     d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
+    if source.d(hook) != d_in:
+        raise ValueError(
+            f"{hook} of {source.name} has {source.d(hook)} features per token; the SAE reads {d_in}"
+        )
+    packed = source.contexts()
+    span = packed.split_range(split)
+    if len(span) == 0:
+        raise ValueError(f"{source.name} holds no {split} contexts to build dashboards from")
     device = sae.W_enc.device
     acc = _Accumulator(d_sae, cfg)
-    bar = tqdm(total=len(packed), unit="ctx", desc=f"dashboards {hook}", disable=not progress)
+    bar = tqdm(total=len(span), unit="ctx", desc=f"dashboards {hook}", disable=not progress)
     try:
-        for s in range(0, len(packed), cfg.batch_contexts):
-            e = min(s + cfg.batch_contexts, len(packed))
-            tokens_BQ = packed.tokens_NL[s:e].to(model.device, torch.long)
-            mask_BQ = packed.attention_mask(s, e)
-            x = model.capture(tokens_BQ, [hook], None if mask_BQ is None else mask_BQ.to(model.device))[hook]
-            B, Q = tokens_BQ.shape
-            x_BQD = x.reshape(B, Q, -1)
-            if x_BQD.shape[-1] != d_in:
-                raise ValueError(f"{hook} gives {x_BQD.shape[-1]} features per token; the SAE reads {d_in}")
-            keep_BQ = packed.keep_mask(s, e, cfg.exclude)
-            acts_BQF = sae.encode(x_BQD.to(device)).float().cpu() * keep_BQ[..., None]
-            acc.n_tokens += int(keep_BQ.sum())
-            acc.add(acts_BQF, s)
-            bar.update(e - s)
+        for rows in source.iter_rows(hook, split):
+            lo, hi = int(rows.contexts.min()), int(rows.contexts.max()) + 1
+            for first, x_BQD, keep_BQ in _dense_batches(
+                rows, lo, hi, packed.context_length, cfg.batch_contexts
+            ):
+                acts_BQF = sae.encode(x_BQD.to(device)).float().cpu() * keep_BQ[..., None]
+                acc.n_tokens += int(keep_BQ.sum())
+                acc.add(acts_BQF, first)
+                bar.update(x_BQD.shape[0])
     finally:
         bar.close()
     if acc.n_tokens == 0:
@@ -367,8 +355,10 @@ def build_dashboards(
         "d_sae": d_sae,
         "sae_fingerprint": sae_fingerprint(sae),
         "model_name": sae.cfg.model_name,
-        "source": source,
-        "n_contexts": len(packed),
+        "source": describe(source, split),
+        "activations_fingerprint": source.fingerprint,
+        "split": split,
+        "n_contexts": len(span),
         "context_length": packed.context_length,
         "n_tokens": acc.n_tokens,
         "dead_fraction": dead_fraction,
@@ -389,11 +379,22 @@ def build_dashboards(
         folder,
         manifest["seconds"],
     )
-    return BuildResult(folder, len(packed), acc.n_tokens, dead_fraction, manifest["seconds"])
+    return BuildResult(folder, len(span), acc.n_tokens, dead_fraction, manifest["seconds"])
+
+
+def describe(source: ActivationSource, split: str) -> str:
+    """``store runs/s, eval split (64 contexts of 128)``: what the explorer shows as a build's origin."""
+    contexts = source.contexts()
+    return f"{source.name}, {split} split ({len(contexts.split_range(split))} contexts of {contexts.context_length})"
 
 
 def dashboards_current(
-    folder: str | Path, sae: JumpReLUSAE, cfg: DashboardConfig | None = None, *, source: str | None = None
+    folder: str | Path,
+    sae: JumpReLUSAE,
+    cfg: DashboardConfig | None = None,
+    *,
+    source: ActivationSource | None = None,
+    split: str = "eval",
 ) -> bool:
     """Whether ``folder`` holds a complete build for this SAE (and this config and source, when given)."""
     path = Path(folder) / DASHBOARD_MANIFEST_FILE
@@ -407,4 +408,6 @@ def dashboards_current(
         return False
     if cfg is not None and manifest.get("config") != cfg.to_dict():
         return False
-    return source is None or manifest.get("source") == source
+    if source is None:
+        return True
+    return manifest.get("activations_fingerprint") == source.fingerprint and manifest.get("split") == split

@@ -12,9 +12,9 @@ import torch
 from g2interp.constants import EMBEDDED_MODEL, HF_CONFIG_FILE
 from g2interp.loading.gguf import load_gguf
 from g2interp.loading.hf import load_hf_folder, resolve_hub_id
-from g2interp.loading.tokenizer import GemmaTokenizer
 from g2interp.loading.weights import CheckpointError
 from g2interp.model.gemma import HookedGemma
+from g2interp.tokenizer import GemmaTokenizer
 
 __all__ = ["CheckpointError", "GemmaTokenizer", "default_device", "embedded_model_path", "load_model"]
 

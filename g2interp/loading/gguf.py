@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from g2interp.config import AttentionType, ModelConfig
-from g2interp.loading.files import cache_dir
+from g2interp.files import cache_dir
 from g2interp.loading.gguf_reader import ArrayInfo, GGUFFile, GGUFFormatError
 from g2interp.loading.tokenizer import tokenizer_from_gguf
 from g2interp.loading.weights import CheckpointError, build_model, expand_name_map

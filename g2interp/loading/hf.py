@@ -19,9 +19,9 @@ from g2interp.constants import (
     HF_SAFETENSORS_INDEX_FILE,
     HF_TOKENIZER_FILE,
 )
-from g2interp.loading.tokenizer import GemmaTokenizer
 from g2interp.loading.weights import CheckpointError, build_model, expand_name_map
 from g2interp.model.gemma import HookedGemma
+from g2interp.tokenizer import GemmaTokenizer
 
 logger = logging.getLogger(__name__)
 

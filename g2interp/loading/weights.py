@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from g2interp.config import ModelConfig
-from g2interp.loading.tokenizer import GemmaTokenizer
 from g2interp.model.gemma import HookedGemma
+from g2interp.tokenizer import GemmaTokenizer
 
 
 class CheckpointError(ValueError):

@@ -14,10 +14,10 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookedRootModule, HookPoint
 
 from g2interp.config import AttentionType, ModelConfig
-from g2interp.loading.tokenizer import GemmaTokenizer
 from g2interp.model.attention import AttentionMasks
 from g2interp.model.kv_cache import KVCache
 from g2interp.model.layers import GemmaBlock, RMSNorm, RotaryEmbedding, embed_scale
+from g2interp.tokenizer import GemmaTokenizer
 
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")

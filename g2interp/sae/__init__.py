@@ -1,15 +1,18 @@
-"""JumpReLU sparse autoencoders (Gemma Scope recipe): model, trainer, data-parallel training, evaluations,
-and the ``train-sae`` run (corpus -> activations -> SAE -> evaluation)."""
+"""JumpReLU sparse autoencoders (Gemma Scope recipe): model, trainer, recipes, evaluations, and the run
+that trains them from an activation source (``train_saes``, the engine of ``g2interp train-sae``)."""
 
-from g2interp.sae.distributed import DataParallel, init_data_parallel, shard_batches
+from g2interp.distributed import DataParallel, init_data_parallel, shard_batches
 from g2interp.sae.evaluate import (
     DeltaLossResult,
     SAEEvalResult,
+    SAEEvaluation,
     delta_lm_loss,
+    evaluate_on_source,
     evaluate_sae,
     next_token_loss,
 )
-from g2interp.sae.run import TrainSAEConfig, TrainSAEResult, train_sae
+from g2interp.sae.pipeline import EvalConfig, SAESpec, TrainedSAE, plan_saes, train_saes
+from g2interp.sae.recipes import RECIPES, Recipe, recipe
 from g2interp.sae.sae import JumpReLUSAE, SAEConfig, SAEFormatError
 from g2interp.sae.ste import JumpReLU, Step, rectangle
 from g2interp.sae.trainer import (
@@ -18,8 +21,10 @@ from g2interp.sae.trainer import (
     SAEMetrics,
     SAETrainer,
     StepMetrics,
+    train_together,
 )
 from g2interp.sae.training import (
+    GradStats,
     JumpReLUTrainingSAE,
     L0Steer,
     SAETrainingConfig,
@@ -34,28 +39,34 @@ from g2interp.sae.training import (
 )
 
 __all__ = [
+    "RECIPES",
     "CheckpointMismatchError",
     "DataParallel",
     "DeltaLossResult",
+    "EvalConfig",
+    "GradStats",
     "JumpReLU",
     "JumpReLUSAE",
     "JumpReLUTrainingSAE",
     "L0Steer",
     "NonFiniteError",
+    "Recipe",
     "SAEConfig",
     "SAEEvalResult",
+    "SAEEvaluation",
     "SAEFormatError",
     "SAEMetrics",
+    "SAESpec",
     "SAETrainer",
     "SAETrainingConfig",
     "Step",
     "StepMetrics",
     "StepStats",
-    "TrainSAEConfig",
-    "TrainSAEResult",
+    "TrainedSAE",
     "TrainingForward",
     "TrainingLoss",
     "delta_lm_loss",
+    "evaluate_on_source",
     "evaluate_sae",
     "init_data_parallel",
     "init_from_data",
@@ -63,8 +74,11 @@ __all__ = [
     "loss_and_grads",
     "make_saes",
     "next_token_loss",
+    "plan_saes",
+    "recipe",
     "rectangle",
     "shard_batches",
     "steer_l0_coefficient",
-    "train_sae",
+    "train_saes",
+    "train_together",
 ]

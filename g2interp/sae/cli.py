@@ -1,136 +1,202 @@
-"""``g2interp train-sae``: one flag per field of :class:`TrainSAEConfig` and :class:`SAETrainingConfig`.
+"""``g2interp train-sae``: SAEs from an activation store (or captured on the fly), evaluated on held-out contexts.
 
-    g2interp train-sae --out runs/l6 --d-sae 4096 --total-tokens 1000000 --target-l0 40 \\
-        --hook-name blocks.6.hook_resid_post --corpus /work/shared/data/corpus --context-length 1024
+    g2interp train-sae --store runs/store --hook blocks.6.hook_resid_post --hook blocks.9.hook_mlp_out --out runs/saes
+    g2interp train-sae --model gemma-3-270m --data corpus/ --context-length 128 --hook blocks.6.hook_resid_post --out runs/l6
+    g2interp train-sae --store runs/store --hook blocks.6.hook_resid_post --d-sae 2048 4096 --target-l0 20 40 --out runs/sweep
 
-Data-parallel: ``torchrun --nproc_per_node N -m g2interp.sae.cli ...`` (gloo on CPU, NCCL on CUDA);
-each rank captures its own share of the contexts and trains on its slice of every batch.
-Help for each flag is the field's docstring. Re-running a command resumes from its last checkpoint.
+One SAE per hook (or per width x target L0), all from one stream of the store's batches. Settings start
+from ``--recipe`` and any :class:`SAETrainingConfig` flag overrides them; without ``--total-tokens`` the
+run is the recipe's epochs over the training rows. Data-parallel: ``torchrun --nproc_per_node N -m
+g2interp.sae.cli ...``. Re-running a command resumes from its checkpoints (or does nothing when done).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from g2interp.activations.config import field_docs
-from g2interp.sae.data import CorpusError, hook_shape
-from g2interp.sae.distributed import init_data_parallel
-from g2interp.sae.run import TrainSAEConfig, train_sae
+from g2interp.activations.config import EXCLUDABLE, ContextsConfig
+from g2interp.activations.manifest import StoreError
+from g2interp.cli_config import (
+    add_config_arguments,
+    add_process_arguments,
+    config_from_args,
+    config_values,
+    stage_main,
+)
+from g2interp.sae.pipeline import EvalConfig
+from g2interp.sae.recipes import RECIPES
 from g2interp.sae.training import B_DEC_INITS, SAETrainingConfig
 
 logger = logging.getLogger("g2interp.sae.cli")
 
-#: SAETrainingConfig fields the run fills in itself (from the model and ``--hook-name``).
-_DERIVED = ("d_in", "hook_name", "model_name", "reshape_hook_z")
-_EXIT_USAGE = 2
-_CHOICES = {"b_dec_init": B_DEC_INITS}
+#: SAETrainingConfig fields the run sets itself (from the source, the hook and the sweep).
+_DERIVED = ("d_in", "d_sae", "total_tokens", "target_l0", "hook_name", "model_name", "reshape_hook_z")
 
 
-def _add_fields(parser: argparse._ArgumentGroup, cls: type, skip: Sequence[str]) -> None:
-    docs = field_docs(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        kwargs: dict[str, Any] = {"dest": f.name, "help": docs.get(f.name, "").replace("%", "%%")}
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            kwargs.update(required=True, default=argparse.SUPPRESS)
-        else:
-            kwargs["default"] = f.default
-        kind = str(f.type).replace(" ", "")
-        if kind == "bool":
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind.startswith("tuple["):
-            kwargs.update(nargs=2, type=float, metavar=("A", "B"))
-        else:
-            base = kind.removesuffix("|None")
-            kwargs["type"] = {"int": int, "float": float, "str": str}[base]
-            if f.name in _CHOICES:
-                kwargs["choices"] = _CHOICES[f.name]
-        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+@dataclass(frozen=True, kw_only=True)
+class TrainSAEConfig:
+    """What to train: from which activations, which hooks, with which recipe, into which folder."""
+
+    out: str
+    """Output folder: one sub-folder per SAE (``<hook>``), each with checkpoints and ``sae_0/``."""
+    hook: tuple[str, ...]
+    """Hooks to train SAEs on (``--hook A --hook B``), each read from the same batches."""
+    store: str | None = None
+    """Activation store to train from (``g2interp capture``); without it, activations are captured on the fly from ``--data``."""
+    model: str | None = None
+    """Model source: with ``--store``, checked to be the store's model (default: the store's); on the fly, the model to run (default: the embedded one)."""
+    data: str | None = None
+    """Corpus to capture from on the fly (only without ``--store``; packed with the contexts flags below)."""
+    recipe: str = "short-run"
+    """Named training recipe the settings start from."""
+    d_sae: tuple[int, ...] = ()
+    """Latents; several values train a sweep (default: the recipe's)."""
+    target_l0: tuple[float, ...] = ()
+    """Target L0 (0: fixed λ); several values train a sweep (default: the recipe's)."""
+    total_tokens: int | None = None
+    """Tokens each SAE trains on, repeats counted (default: the recipe's epochs over the training rows)."""
+    epochs: int | None = None
+    """Passes over the training rows when ``--total-tokens`` is not given (default: the recipe's)."""
+    seed: int = 0
+    """Seed of the batch order (and, on the fly, of the packing and held-out choice)."""
+    batch_contexts: int = 8
+    """Contexts per forward pass of the model (on-the-fly capture)."""
+    device: str | None = None
+    """Device of the model and the SAEs (default: CUDA when available)."""
+    model_dtype: str | None = None
+    """Model dtype (default: bfloat16 on CUDA, float32 on CPU); the SAEs train in float32."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.store is None and self.data is None:
+            raise ValueError("give --store STORE, or --data CORPUS to capture on the fly")
+        if self.store is not None and self.data is not None:
+            raise ValueError("give --store or --data, not both (a store already holds its corpus)")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"no recipe {self.recipe!r}; the recipes are {sorted(RECIPES)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="g2interp train-sae",
-        description="Train a JumpReLU SAE (Gemma Scope recipe) on a Gemma model's activations and evaluate it.",
+        description="Train JumpReLU SAEs on a Gemma model's activations and evaluate them on held-out contexts.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    _add_fields(parser.add_argument_group("run"), TrainSAEConfig, skip=("training",))
-    _add_fields(parser.add_argument_group("training"), SAETrainingConfig, skip=_DERIVED)
-    extra = parser.add_argument_group("process")
-    extra.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    add_config_arguments(
+        parser.add_argument_group("run"), TrainSAEConfig, choices={"recipe": sorted(RECIPES)}
     )
-    extra.add_argument("--log-level", default="INFO", help="logging level")
-    extra.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(parser.add_argument_group("evaluation"), EvalConfig)
+    add_config_arguments(
+        parser.add_argument_group(
+            "contexts, on the fly (without --store; the defaults are ContextsConfig's)"
+        ),
+        ContextsConfig,
+        skip=("data", "seed"),
+        choices={"exclude": EXCLUDABLE},
+        overrides_only=True,
+    )
+    add_config_arguments(
+        parser.add_argument_group("training (overrides of the recipe)"),
+        SAETrainingConfig,
+        skip=_DERIVED,
+        choices={"b_dec_init": B_DEC_INITS},
+        overrides_only=True,
+    )
+    add_process_arguments(parser)
     return parser
 
 
-def config_from_args(
-    args: argparse.Namespace, *, d_in: int, reshape_hook_z: bool = False, model_name: str = ""
-) -> TrainSAEConfig:
-    """The run's frozen config from parsed flags and the hook's width."""
-    values = vars(args)
-    training = SAETrainingConfig(
-        d_in=d_in,
-        hook_name=values["hook_name"],
-        model_name=model_name,
-        reshape_hook_z=reshape_hook_z,
-        **{f.name: values[f.name] for f in dataclasses.fields(SAETrainingConfig) if f.name not in _DERIVED},
-    )
-    run_fields = [f.name for f in dataclasses.fields(TrainSAEConfig) if f.name != "training"]
-    return TrainSAEConfig(training=training, **{name: values[name] for name in run_fields})
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Train and evaluate as the flags say; a JSON-ready summary per SAE."""
+    from g2interp.activations.source import open_store_or_capture
+    from g2interp.constants import EMBEDDED_MODEL
+    from g2interp.distributed import close_data_parallel, init_data_parallel
+    from g2interp.loading import load_model
+    from g2interp.sae.pipeline import plan_saes, train_saes
+
+    cfg = config_from_args(TrainSAEConfig, args)
+    eval_cfg = config_from_args(EvalConfig, args)
+    parallel, device = init_data_parallel(device=cfg.device)
+    try:
+        model, contexts = None, None
+        if cfg.store is None:
+            contexts = ContextsConfig(
+                data=cfg.data, seed=cfg.seed, **config_values(ContextsConfig, _given(args, ContextsConfig))
+            )
+        if cfg.model is not None or cfg.store is None:
+            model = load_model(cfg.model or EMBEDDED_MODEL, device=device, dtype=cfg.model_dtype)
+        source = open_store_or_capture(
+            cfg.store,
+            model=model,
+            contexts=contexts,
+            model_source=cfg.model or EMBEDDED_MODEL,
+            batch_contexts=cfg.batch_contexts,
+        )
+        overrides = config_values(SAETrainingConfig, _given(args, SAETrainingConfig))
+        specs = plan_saes(
+            source,
+            cfg.hook,
+            cfg.recipe,
+            d_sae=cfg.d_sae,
+            target_l0=cfg.target_l0,
+            total_tokens=cfg.total_tokens,
+            epochs=cfg.epochs,
+            **overrides,
+        )
+        if model is None and (parallel is None or parallel.is_main):
+            model = load_model(source.model_source, device=device, dtype=cfg.model_dtype)
+        results = train_saes(
+            source,
+            specs,
+            cfg.out,
+            model=model,
+            eval_cfg=eval_cfg,
+            seed=cfg.seed,
+            parallel=parallel,
+            progress=cfg.progress,
+        )
+    finally:
+        close_data_parallel(parallel)
+    return {"saes": [_summary(r) for r in results]}
+
+
+def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The flags of ``cls`` the command line gave (overrides-only groups leave the others out)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names and k not in ("data", "seed")}
+
+
+def _summary(result) -> dict[str, Any]:
+    out = {
+        "sae": str(result.folder),
+        "hook": result.spec.hook,
+        "d_sae": result.spec.training.d_sae,
+        "trained": result.trained,
+    }
+    if result.evaluation is not None:
+        ev, dl = result.evaluation
+        out.update(
+            l0=ev.l0,
+            fvu=ev.fvu,
+            dead_fraction=ev.dead_fraction,
+            eval_tokens=ev.n_tokens,
+            eval_contexts=ev.n_contexts,
+            delta_loss=dl.delta_loss,
+            fraction_recovered=dl.fraction_recovered,
+        )
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse flags, load the model, train and evaluate; 0 on success, 2 on a usage or data error."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    parallel = init_data_parallel()
-    try:
-        from g2interp.loading import load_model
-
-        model = load_model(args.source, device=args.device, dtype=args.dtype)
-        shape = hook_shape(model, args.hook_name)
-        cfg = config_from_args(
-            args,
-            d_in=int(torch.Size(shape).numel()),
-            reshape_hook_z=len(shape) == 2,
-            model_name=str(args.source),
-        )
-        result = train_sae(cfg, model=model, parallel=parallel, progress=not args.no_progress)
-        if result.eval is not None and result.delta_loss is not None:
-            summary = {
-                "sae_dir": str(result.sae_dir),
-                "hook_name": cfg.hook_name,
-                "d_sae": cfg.training.d_sae,
-                "l0": result.eval.l0,
-                "fvu": result.eval.fvu,
-                "dead_fraction": result.eval.dead_fraction,
-                "delta_loss": result.delta_loss.delta_loss,
-                "fraction_recovered": result.delta_loss.fraction_recovered,
-                "seconds": result.seconds,
-            }
-            print(json.dumps(summary, indent=2))
-        return 0
-    except (ValueError, KeyError, FileNotFoundError, CorpusError) as exc:
-        print(f"g2interp train-sae: error: {exc}", file=sys.stderr)
-        return _EXIT_USAGE
-    finally:
-        if parallel is not None:
-            torch.distributed.destroy_process_group()
+    """Parse flags, train and evaluate; 0 on success, 2 on a usage or data error."""
+    return stage_main(build_parser(), run, argv, usage=(StoreError,))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """SAE evaluations: reconstruction and sparsity on activation batches, and the LM loss when spliced in.
 
 Both return named results that write themselves as JSON beside the SAE (``eval.json``,
-``delta_lm_loss.json``).
+``delta_lm_loss.json``). :func:`evaluate_on_source` runs both on the held-out contexts of an
+activation source (a store or on-the-fly capture), with the source's rules for which positions count.
 """
 
 from __future__ import annotations
@@ -10,17 +11,20 @@ import dataclasses
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from g2interp.loading.files import atomic_write_text
+from g2interp.files import atomic_write_text
 from g2interp.sae.constants import DELTA_LOSS_RESULTS_FILE, EVAL_RESULTS_FILE
 from g2interp.sae.sae import JumpReLUSAE
+
+if TYPE_CHECKING:
+    from g2interp.activations.source import ActivationSource
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,12 @@ class SAEEvalResult:
     """Latents per bin."""
     feature_density: Tensor = dataclasses.field(repr=False, compare=False)
     """Firing frequency per latent [d_sae] (not written to JSON)."""
+    split: str = ""
+    """Which split of the source the activations come from (``eval``: held out)."""
+    n_contexts: int = 0
+    """Contexts the tokens come from."""
+    source_fingerprint: str = ""
+    """Fingerprint of the activation source (model, corpus, packing)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "feature_density"}
@@ -82,6 +92,10 @@ class DeltaLossResult:
     fraction_recovered: float
     """``(ce_zero - ce_sae) / (ce_zero - ce_clean)``: 1 when splicing costs nothing, 0 when it is as bad
     as zero ablation (NaN when zero ablation costs nothing)."""
+    n_contexts: int = 0
+    """Contexts scored."""
+    split: str = ""
+    """Which split of the source they come from."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -169,6 +183,7 @@ def delta_lm_loss(
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     splice_bos: bool = False,
     bos_token_id: int | None = None,
+    splice_mask: Bool[Tensor, "batch pos"] | None = None,
     batch_size: int | None = None,
     ce_clean: float | None = None,
 ) -> DeltaLossResult:
@@ -176,8 +191,8 @@ def delta_lm_loss(
 
     The loss averages over next-token predictions whose input and target are both real tokens. Unless
     ``splice_bos``, positions holding the BOS token keep their clean activation in both modified runs
-    (their activations are outliers SAEs are not trained on; Gemma Scope excludes them).
-    ``batch_size`` rows go through the model at a time (all by default; logits are ``rows x pos x vocab``
+    (their activations are outliers SAEs are not trained on; Gemma Scope excludes them);
+    ``splice_mask`` instead names the positions to splice (those an SAE was trained on). ``batch_size`` rows go through the model at a time (all by default; logits are ``rows x pos x vocab``
     floats, so keep it small for large vocabularies). ``ce_clean`` from :func:`next_token_loss` on the
     same tokens skips the clean runs (e.g. when several SAEs are scored on the same contexts).
     """
@@ -187,7 +202,9 @@ def delta_lm_loss(
     _check_tokens(tokens)
     mask_BQ = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     splice_BQ = mask_BQ.clone()
-    if not splice_bos:
+    if splice_mask is not None:
+        splice_BQ &= splice_mask.to(splice_BQ.device).bool()
+    elif not splice_bos:
         if bos_token_id is None:
             bos_token_id = getattr(getattr(model, "cfg", None), "bos_token_id", None)
         if bos_token_id is not None:
@@ -264,6 +281,95 @@ def next_token_loss(
     if n_tokens == 0:
         raise ValueError("no next-token pairs of real tokens to score")
     return total / n_tokens
+
+
+class SAEEvaluation(NamedTuple):
+    """Both evaluations of one SAE on the same held-out contexts."""
+
+    eval: SAEEvalResult
+    """Reconstruction and sparsity on the contexts' kept activations."""
+    delta_loss: DeltaLossResult
+    """LM loss with the SAE spliced in, on the first ``delta_loss_contexts`` of them."""
+
+    def save(self, folder: str | Path) -> None:
+        """``eval.json`` and ``delta_lm_loss.json`` into the SAE's folder."""
+        self.eval.save(folder)
+        self.delta_loss.save(folder)
+
+
+def held_out_tokens(
+    source: ActivationSource, n: int | None, split: str = "eval"
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(token ids, attention mask or None, positions that count) of the first ``n`` contexts of ``split``."""
+    contexts = source.contexts()
+    r = contexts.split_range(split)
+    stop = r.stop if n is None else min(r.stop, r.start + n)
+    tokens = contexts.tokens_NL[r.start : stop].long()
+    return (
+        tokens,
+        contexts.attention_mask(r.start, stop),
+        contexts.keep_mask(r.start, stop, source.contexts_config.exclude),
+    )
+
+
+@torch.no_grad()
+def evaluate_on_source(
+    model: HookableLM,
+    sae: JumpReLUSAE,
+    source: ActivationSource,
+    *,
+    split: str = "eval",
+    delta_loss_contexts: int = 4,
+    eval_batch_contexts: int = 1,
+    ce_clean: float | None = None,
+) -> SAEEvaluation:
+    """:func:`evaluate_sae` on every row of ``split`` and :func:`delta_lm_loss` on its first
+    ``delta_loss_contexts`` contexts, splicing only positions the source keeps (``ce_clean`` from
+    :func:`next_token_loss` on those same contexts skips the clean runs)."""
+    hook = sae.cfg.hook_name
+    if not hook:
+        raise ValueError("the SAE names no hook (cfg.hook_name is empty): cannot tell what to evaluate it on")
+    source.check_hooks(hook)
+    if source.d(hook) != sae.cfg.d_in:
+        raise ValueError(
+            f"the SAE reads {sae.cfg.d_in} features; {hook} of {source.name} is {source.d(hook)} wide"
+        )
+    source.check_eval_contexts(max(1, delta_loss_contexts) if split == "eval" else 0)
+    device = sae.W_enc.device
+    rows = (r.activations[hook].to(device) for r in source.iter_rows(hook, split))
+    contexts = source.contexts()
+    result = replace(
+        evaluate_sae(sae, rows),
+        split=split,
+        n_contexts=len(contexts.split_range(split)),
+        source_fingerprint=source.fingerprint,
+    )
+    tokens, mask, keep = held_out_tokens(source, delta_loss_contexts, split)
+    device = getattr(model, "device", device)
+    delta = delta_lm_loss(
+        model,
+        sae,
+        tokens.to(device),
+        attention_mask=None if mask is None else mask.to(device),
+        splice_mask=keep.to(device),
+        batch_size=eval_batch_contexts,
+        ce_clean=ce_clean,
+    )
+    return SAEEvaluation(result, replace(delta, n_contexts=tokens.shape[0], split=split))
+
+
+def clean_loss_on_source(
+    model: HookableLM, source: ActivationSource, n: int, *, batch_size: int = 1
+) -> float:
+    """:func:`next_token_loss` on the first ``n`` held-out contexts (shared by every SAE scored on them)."""
+    tokens, mask, _ = held_out_tokens(source, n)
+    device = getattr(model, "device", "cpu")
+    return next_token_loss(
+        model,
+        tokens.to(device),
+        attention_mask=None if mask is None else mask.to(device),
+        batch_size=batch_size,
+    )
 
 
 def _check_tokens(tokens: Tensor) -> None:

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from g2interp.loading.files import atomic_write_bytes, atomic_write_text
+from g2interp.files import atomic_write_bytes, atomic_write_text
 from g2interp.sae.constants import (
     GEMMA_SCOPE_PARAMS_FILE,
     JUMPRELU_ARCHITECTURE,

@@ -8,48 +8,34 @@ The trainer never sees a language model. It takes activation batches ``[batch_si
 
 Either way the stream must yield the same batches in the same order every time it is opened.
 Batch ``i`` is trained on at step ``i``; the first ``n_norm_batches`` also set the input scale.
+:func:`train_together` feeds several trainers (one per hook, or a sweep of widths) from one stream of
+dict batches, so one read of a store trains them all.
 
-Data-parallel (``parallel=DataParallel(...)``, see :mod:`g2interp.sae.distributed`): each rank's stream
+Data-parallel (``parallel=DataParallel(...)``, see :mod:`g2interp.distributed`): each rank's stream
 yields its own ``batch_size // world_size`` rows of every global batch; gradients, firing counts and
 metrics are summed over the ranks, and only rank 0 writes checkpoints, logs and the final SAEs.
-
-A checkpoint (every ``checkpoint_every`` steps, and at the end) is a folder ``step_000001000/`` with
-``trainer_state.safetensors`` (weights, Adam moments, firing counters, torch RNG) and
-``trainer_state.json`` (step, input scale, config); it is written under a temporary name and renamed,
-then ``latest.json`` is replaced atomically, so a killed run always finds its last complete checkpoint.
-A trainer built with the same arguments resumes from it and ends bitwise equal to an uninterrupted run.
+Checkpoints (every ``checkpoint_every`` steps, and at the end): :mod:`g2interp.sae.checkpoint`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import json
 import logging
 import math
-import os
-import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from g2interp.loading.files import atomic_write_bytes, atomic_write_text
-from g2interp.sae.constants import (
-    CHECKPOINT_DIR_TEMPLATE,
-    CHECKPOINT_LATEST_FILE,
-    CHECKPOINT_STATE_FILE,
-    CHECKPOINT_TENSORS_FILE,
-    FINAL_SAE_DIR_TEMPLATE,
-    SAE_SPARSITY_FILE,
-)
-from g2interp.sae.distributed import DataParallel
+from g2interp.distributed import DataParallel
+from g2interp.files import atomic_write_bytes
+from g2interp.sae.checkpoint import CheckpointMismatchError, CheckpointMixin
+from g2interp.sae.constants import FINAL_SAE_DIR_TEMPLATE, SAE_SPARSITY_FILE
 from g2interp.sae.sae import JumpReLUSAE
 from g2interp.sae.training import (
     JumpReLUTrainingSAE,
@@ -67,17 +53,18 @@ from g2interp.sae.training import (
 logger = logging.getLogger(__name__)
 
 BatchSource = Iterable[Tensor] | Callable[[int], Iterable[Tensor]]
-CHECKPOINT_FORMAT = 1
-#: Config fields a resumed run may change: they do not touch the numbers.
-_RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "log_every")
+__all__ = [
+    "CheckpointMismatchError",
+    "NonFiniteError",
+    "SAEMetrics",
+    "SAETrainer",
+    "StepMetrics",
+    "train_together",
+]
 
 
 class NonFiniteError(FloatingPointError):
     """A batch (or the loss it produced) holds NaN or inf; the last good checkpoint is left in place."""
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint folder belongs to a run with other settings."""
 
 
 class SAEMetrics(NamedTuple):
@@ -127,22 +114,25 @@ def _param_groups(sae: JumpReLUTrainingSAE, threshold_lr_scale: float) -> list[d
     ]
 
 
-class SAETrainer:
+class SAETrainer(CheckpointMixin):
     """Train one or several JumpReLU SAEs (e.g. an L0-coefficient sweep) on the same batches."""
 
     def __init__(
         self,
         cfg: SAETrainingConfig,
         saes: JumpReLUTrainingSAE | Sequence[JumpReLUTrainingSAE] | None,
-        batches: BatchSource,
+        batches: BatchSource | None = None,
         callbacks: Sequence[Callback] = (),
         checkpoint_dir: str | Path | None = None,
         *,
         metrics_log: str | Path | None = None,
         progress: bool = True,
         parallel: DataParallel | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ):
         self.cfg = cfg
+        #: Written into each saved SAE's ``metadata`` (e.g. where its activations come from).
+        self.metadata = dict(metadata or {})
         self.parallel = parallel if parallel is not None and parallel.world_size > 1 else None
         self.is_main = self.parallel is None or self.parallel.is_main
         #: Rows of each batch this process trains on (``batch_size`` unless data-parallel).
@@ -191,32 +181,54 @@ class SAETrainer:
     def fit(self) -> list[JumpReLUSAE]:
         """Train to ``cfg.total_steps`` (resuming from ``checkpoint_dir`` if it holds a checkpoint) and
         return the inference SAEs, input scale folded; with a checkpoint folder, also save them there."""
-        cfg = self.cfg
+        return train_together([self], self.batches, progress=self.progress)[0]
+
+    def begin(self) -> int:
+        """Resume from ``checkpoint_dir`` when it holds a checkpoint; the index of the next batch wanted."""
         if self.checkpoint_dir is not None:
             self.resume()
             if self.parallel is not None:  # no rank writes a checkpoint before every rank has read one
                 self.parallel.barrier()
-        done = self.step >= cfg.total_steps  # a finished run re-run: nothing to read
-        batches = iter(()) if done else self._open_batches(self.step)
+        self._head: list[Tensor] = []
+        #: Where this run started (equal to ``cfg.total_steps`` when an earlier run had finished it).
+        self.step_at_start = self.step
+        return self.next_batch
+
+    @property
+    def next_batch(self) -> int:
+        """Index of the batch the trainer takes next (the first batches wait until the input scale is set)."""
+        return self.step + len(getattr(self, "_head", ()))
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.cfg.total_steps
+
+    def feed(self, batch: Tensor) -> list[StepMetrics]:
+        """Take the next batch: buffered until ``n_norm_batches`` set the input scale, then trained on."""
+        if self.done:
+            return []
         if self.input_scale is None:
-            batches = self._estimate_input_scale(batches)
-        pbar = tqdm(total=cfg.total_steps, initial=self.step, unit="step", disable=not self.progress)
-        try:
-            while self.step < cfg.total_steps:
-                metrics = self.train_step(self._next_batch(batches))
-                pbar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
-                    self._log(metrics, pbar)
-                for callback in self.callbacks:
-                    callback(self, metrics)
-                if (
-                    self.checkpoint_dir is not None
-                    and cfg.checkpoint_every
-                    and self.step % cfg.checkpoint_every == 0
-                ):
-                    self.save_checkpoint()
-        finally:
-            pbar.close()
+            self._head.append(batch)
+            if len(self._head) < min(self.cfg.n_norm_batches, self.cfg.total_steps):
+                return []
+            head, self._head = self._head, []
+            self._set_input_scale(head)
+            return [self._step(b) for b in head]
+        return [self._step(batch)]
+
+    def _step(self, batch: Tensor) -> StepMetrics:
+        cfg = self.cfg
+        metrics = self.train_step(batch)
+        if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
+            self._log(metrics)
+        for callback in self.callbacks:
+            callback(self, metrics)
+        if self.checkpoint_dir is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+        return metrics
+
+    def finish(self) -> list[JumpReLUSAE]:
+        """The final checkpoint and inference SAEs (saved beside it on rank 0)."""
         if self.checkpoint_dir is not None:
             self.save_checkpoint()
         final = self.inference_saes()
@@ -329,8 +341,8 @@ class SAETrainer:
         return out
 
     # ------------------------------------------------------------------ batches
-    def _open_batches(self, start: int) -> Iterator[Tensor]:
-        source = self.batches
+    def _open_batches(self, start: int, source: BatchSource | None = None) -> Iterator[Tensor]:
+        source = self.batches if source is None else source
         if callable(source) and not isinstance(source, Iterable):
             return iter(source(start))
         stream = iter(source)
@@ -342,15 +354,6 @@ class SAETrainer:
                         f"the batch stream ended after {i} batches while skipping to step {start}"
                     )
         return stream
-
-    def _next_batch(self, batches: Iterator[Tensor]) -> Tensor:
-        batch = next(batches, None)
-        if batch is None:
-            raise ValueError(
-                f"the batch stream ended at step {self.step}; the run needs {self.cfg.total_steps} batches "
-                f"({self.cfg.total_tokens} tokens)"
-            )
-        return batch
 
     def _check_batch(self, x: Tensor, step_index: int, raise_nonfinite: bool = True) -> Tensor:
         if not isinstance(x, Tensor):
@@ -366,21 +369,18 @@ class SAETrainer:
             )
         return x
 
-    def _estimate_input_scale(self, batches: Iterator[Tensor]) -> Iterator[Tensor]:
-        """Set the scale that gives the first batches unit mean squared norm; re-queue those batches."""
+    def _set_input_scale(self, head: list[Tensor]) -> None:
+        """Set the scale that gives the first batches unit mean squared norm (and the data-dependent init)."""
         cfg = self.cfg
-        n = min(cfg.n_norm_batches, cfg.total_steps)
-        head = []
+        n = len(head)
         # float64 sums: [squared norms, rows, per-batch non-finite flags, per-feature sums]
         sums = torch.zeros(2 + n + cfg.d_in, dtype=torch.float64, device=self.device)
-        for i in range(n):
-            batch = self._next_batch(batches)
+        for i, batch in enumerate(head):
             x = self._check_batch(batch, i, raise_nonfinite=self.parallel is None).double()
             sums[2 + i] = float(not bool(torch.isfinite(x).all()))
             sums[0] += torch.dot(x.view(-1), x.view(-1))
             sums[1] += x.shape[0]
             sums[2 + n :] += x.sum(0)
-            head.append(batch)
         if self.parallel is not None:
             self.parallel.all_reduce_sum([sums])
             bad = torch.nonzero(sums[2 : 2 + n]).flatten().tolist()
@@ -413,7 +413,6 @@ class SAETrainer:
                 )
             if cfg.target_l0 > 0 and self.is_main:
                 logger.info("thresholds set for L0 ≈ %g on the first batch", cfg.target_l0)
-        return itertools.chain(head, batches)
 
     # ------------------------------------------------------------------ results
     def inference_saes(self) -> list[JumpReLUSAE]:
@@ -425,6 +424,7 @@ class SAETrainer:
             since = self.steps_since_fired[i]
             steered = self.cfg.target_l0 > 0
             metadata = {
+                **self.metadata,
                 "trained_with": "g2interp",
                 # with a target L0, λ was steered from the SAE's own start to this
                 "l0_coefficient": self.l0_steer[i].coefficient if steered else sae.l0_coefficient,
@@ -462,7 +462,7 @@ class SAETrainer:
         atomic_write_bytes(folder / SAE_SPARSITY_FILE, safetensors_bytes({"sparsity": log_density}))
 
     # ------------------------------------------------------------------ logging
-    def _log(self, metrics: StepMetrics, pbar: Any) -> None:
+    def _log(self, metrics: StepMetrics) -> None:
         if not self.is_main:
             return
         parts = [
@@ -478,8 +478,6 @@ class SAETrainer:
             metrics.lr,
             " | ".join(parts),
         )
-        first = metrics.saes[0]
-        pbar.set_postfix(L0=f"{first.l0:.1f}", fvu=f"{first.fvu:.3f}", refresh=False)
         if self.metrics_log is not None:
             record = {
                 "step": metrics.step,
@@ -491,144 +489,64 @@ class SAETrainer:
             with open(self.metrics_log, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def _truncate_metrics_log(self) -> None:
-        """Drop log lines past the resumed step (they are logged again)."""
-        if self.metrics_log is None or not self.metrics_log.is_file() or not self.is_main:
-            return
-        lines = self.metrics_log.read_text().splitlines()
-        kept = []
-        for line in lines:
-            try:
-                if json.loads(line)["step"] <= self.step:
-                    kept.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a line cut short by the kill
-        atomic_write_text(self.metrics_log, "".join(k + "\n" for k in kept))
 
-    # ------------------------------------------------------------------ checkpoints
-    def _state_tensors(self) -> dict[str, Tensor]:
-        tensors: dict[str, Tensor] = {"rng.torch": torch.get_rng_state()}
-        for i, (sae, opt) in enumerate(zip(self.saes, self.optimizers, strict=True)):
-            for name, param in sae.named_parameters():
-                tensors[f"sae{i}.{name}"] = param.detach()
-                for key, value in opt.state.get(param, {}).items():
-                    tensors[f"sae{i}.adam.{name}.{key}"] = value
-            tensors[f"sae{i}.steps_since_fired"] = self.steps_since_fired[i]
-            tensors[f"sae{i}.window_fired"] = self.window_fired[i]
-            tensors[f"sae{i}.previous_window_fired"] = self.previous_window_fired[i]
-        return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+def train_together(
+    trainers: Sequence[SAETrainer],
+    batches: BatchSource,
+    keys: Sequence[str] | None = None,
+    *,
+    progress: bool = True,
+) -> list[list[JumpReLUSAE]]:
+    """Train every trainer to its end on one stream of batches; their inference SAEs, in order.
 
-    def _state_json(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "step": self.step,
-            "tokens": self.step * self.cfg.batch_size,
-            "batches_consumed": self.step,
-            "input_scale": self.input_scale,
-            "window_steps": self.window_steps,
-            "previous_window_steps": self.previous_window_steps,
-            "l0_coefficients": [sae.l0_coefficient for sae in self.saes],
-            "l0_steer": [
-                [steer.coefficient, steer.log_l0_ema if math.isfinite(steer.log_l0_ema) else None]
-                for steer in self.l0_steer
-            ],
-            "bandwidths": [sae.bandwidth for sae in self.saes],
-            "config": self.cfg.to_dict(),
-        }
+    Without ``keys`` each batch is a tensor every trainer takes; with them, a dict and trainer ``i``
+    takes ``batch[keys[i]]`` (one SAE per hook from one read of a store). Trainers resumed at
+    different steps (a run killed between their checkpoints) each take their own next batch, so the
+    stream is opened once, at the earliest. All must step on batches of one size.
+    """
+    if not trainers:
+        raise ValueError("no trainers")
+    if keys is not None and len(keys) != len(trainers):
+        raise ValueError(f"{len(keys)} keys for {len(trainers)} trainers")
+    sizes = {t.local_batch_size for t in trainers}
+    if len(sizes) > 1:
+        raise ValueError(f"trainers fed together must share one batch size, got {sorted(sizes)}")
+    first = min(t.begin() for t in trainers)
+    lead = trainers[0]
+    stream: Iterator[Any] = iter(()) if all(t.done for t in trainers) else lead._open_batches(first, batches)
+    total = max(t.cfg.total_steps for t in trainers)
+    bar = tqdm(
+        total=total,
+        initial=min(t.step for t in trainers),
+        unit="step",
+        disable=not progress or not lead.is_main,
+    )
+    index = first
+    try:
+        while not all(t.done for t in trainers):
+            batch = next(stream, None)
+            if batch is None:
+                waiting = next(t for t in trainers if not t.done)
+                raise ValueError(
+                    f"the batch stream ended at step {index}; the run needs {waiting.cfg.total_steps} batches "
+                    f"({waiting.cfg.total_tokens} tokens)"
+                )
+            for i, trainer in enumerate(trainers):
+                if not trainer.done and trainer.next_batch == index:
+                    metrics = trainer.feed(batch if keys is None else _pick(batch, keys[i], index))
+                    if i == 0 and metrics:
+                        sae0 = metrics[-1].saes[0]
+                        bar.set_postfix(L0=f"{sae0.l0:.1f}", fvu=f"{sae0.fvu:.3f}", refresh=False)
+            index += 1
+            bar.n = min(t.step for t in trainers)
+            bar.refresh()
+    finally:
+        bar.close()
+    return [trainer.finish() for trainer in trainers]
 
-    def save_checkpoint(self) -> Path:
-        """Write the full training state for the current step (atomically); prune old checkpoints."""
-        if self.checkpoint_dir is None:
-            raise ValueError("the trainer has no checkpoint_dir")
-        root = self.checkpoint_dir
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / CHECKPOINT_DIR_TEMPLATE.format(step=self.step)
-        if final.is_dir() and self.last_checkpoint == final:
-            return final
-        if not self.is_main:  # data-parallel: rank 0 writes, every rank knows where
-            self.last_checkpoint = final
-            return final
-        tmp = root / f".{final.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        atomic_write_bytes(tmp / CHECKPOINT_TENSORS_FILE, safetensors_bytes(self._state_tensors()))
-        atomic_write_text(tmp / CHECKPOINT_STATE_FILE, json.dumps(self._state_json(), indent=2) + "\n")
-        if final.exists():  # a stale folder of this step from a run that never pointed latest.json at it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        atomic_write_text(
-            root / CHECKPOINT_LATEST_FILE, json.dumps({"step": self.step, "dir": final.name}) + "\n"
-        )
-        self.last_checkpoint = final
-        logger.info("checkpoint at step %d: %s", self.step, final)
-        self._prune_checkpoints()
-        return final
 
-    def _prune_checkpoints(self) -> None:
-        assert self.checkpoint_dir is not None
-        folders = sorted(p for p in self.checkpoint_dir.glob("step_*") if p.is_dir())
-        for old in folders[: -self.cfg.keep_checkpoints]:
-            if old != self.last_checkpoint:
-                shutil.rmtree(old, ignore_errors=True)
-
-    def resume(self) -> bool:
-        """Load the newest complete checkpoint in ``checkpoint_dir``, if any; True if one was loaded."""
-        root = self.checkpoint_dir
-        if root is None:
-            return False
-        for leftover in root.glob(".step_*.tmp-*") if self.is_main else ():  # cut short by a kill
-            shutil.rmtree(leftover, ignore_errors=True)
-        if not (root / CHECKPOINT_LATEST_FILE).is_file():
-            return False
-        latest = json.loads((root / CHECKPOINT_LATEST_FILE).read_text())
-        folder = root / latest["dir"]
-        state = json.loads((folder / CHECKPOINT_STATE_FILE).read_text())
-        self._check_compatible(state, folder)
-        tensors = load_file(folder / CHECKPOINT_TENSORS_FILE)
-        with torch.no_grad():
-            for i, (sae, opt) in enumerate(zip(self.saes, self.optimizers, strict=True)):
-                opt_state: dict[int, dict[str, Tensor]] = {}
-                for j, (name, param) in enumerate(sae.named_parameters()):
-                    param.copy_(tensors[f"sae{i}.{name}"])
-                    moments = {
-                        key: tensors[f"sae{i}.adam.{name}.{key}"]
-                        for key in ("step", "exp_avg", "exp_avg_sq")
-                        if f"sae{i}.adam.{name}.{key}" in tensors
-                    }
-                    if moments:
-                        opt_state[j] = moments
-                opt.load_state_dict({"state": opt_state, "param_groups": opt.state_dict()["param_groups"]})
-                self.steps_since_fired[i] = tensors[f"sae{i}.steps_since_fired"].to(self.device)
-                self.window_fired[i] = tensors[f"sae{i}.window_fired"].to(self.device)
-                self.previous_window_fired[i] = tensors[f"sae{i}.previous_window_fired"].to(self.device)
-        torch.set_rng_state(tensors["rng.torch"])
-        self.step = int(state["step"])
-        self.input_scale = float(state["input_scale"])
-        self.window_steps = int(state["window_steps"])
-        self.previous_window_steps = int(state["previous_window_steps"])
-        steer = state.get("l0_steer") or [[c, None] for c in state["l0_coefficients"]]  # older checkpoints
-        self.l0_steer = [L0Steer(float(coef), math.nan if ema is None else float(ema)) for coef, ema in steer]
-        self.last_checkpoint = folder
-        self._truncate_metrics_log()
-        logger.info("resumed from %s at step %d", folder, self.step)
-        return True
-
-    def _check_compatible(self, state: dict[str, Any], folder: Path) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointMismatchError(
-                f"{folder}: checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}"
-            )
-        # fields added since the checkpoint was written count as their defaults
-        defaults = {f.name: f.default for f in dataclasses.fields(SAETrainingConfig)}
-        saved = {k: v for k, v in {**defaults, **state["config"]}.items() if k not in _RESUMABLE_CHANGES}
-        current = {k: v for k, v in self.cfg.to_dict().items() if k not in _RESUMABLE_CHANGES}
-        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-        if changed:
-            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
-            raise CheckpointMismatchError(f"{folder} was written with other settings ({detail})")
-        coefs = [sae.l0_coefficient for sae in self.saes]
-        if state["l0_coefficients"] != coefs or state["bandwidths"] != [sae.bandwidth for sae in self.saes]:
-            raise CheckpointMismatchError(
-                f"{folder} holds SAEs with L0 coefficients {state['l0_coefficients']} and bandwidths "
-                f"{state['bandwidths']}; this trainer has {coefs} and {[sae.bandwidth for sae in self.saes]}"
-            )
+def _pick(batch: Any, key: str, index: int) -> Tensor:
+    if not isinstance(batch, Mapping) or key not in batch:
+        held = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+        raise ValueError(f"batch {index} holds no {key!r} (it holds {held})")
+    return batch[key]

@@ -65,7 +65,7 @@ class SAETrainingConfig:
     """Width ε of the rectangle kernel of the straight-through estimators (on unit-norm inputs)."""
     threshold_init: float = 0.001
     """Initial JumpReLU threshold of every latent."""
-    seed: int = 0
+    init_seed: int = 0
     """Seed of the weight initialisation (every SAE of a sweep starts from the same weights)."""
     n_norm_batches: int = 8
     """Leading batches averaged to estimate the input scale (they are trained on as well)."""
@@ -117,7 +117,7 @@ class SAETrainingConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("lr_warmup_steps", "lr_decay_steps", "l0_warmup_steps", "checkpoint_every", "seed"):
+        for name in ("lr_warmup_steps", "lr_decay_steps", "l0_warmup_steps", "checkpoint_every", "init_seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -271,6 +271,19 @@ class StepStats(NamedTuple):
     """Whether the sparse kernels were used."""
 
 
+class GradStats(NamedTuple):
+    """What a gradient kernel (dense or sparse) measured while writing the gradients."""
+
+    mse: float
+    """Squared reconstruction error summed over features, averaged over tokens."""
+    l0: float
+    """Active latents per token, averaged over the batch."""
+    fired_F: Tensor
+    """Tokens each latent fired on [d_sae] (int64)."""
+    sparse: bool
+    """Whether the sparse kernels ran."""
+
+
 class JumpReLUTrainingSAE(nn.Module):
     """Trainable JumpReLU SAE; the threshold is stored as ``log_threshold`` so it stays positive."""
 
@@ -309,7 +322,7 @@ class JumpReLUTrainingSAE(nn.Module):
             bandwidth=cfg.bandwidth,
             threshold_init=cfg.threshold_init,
         )
-        generator = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
+        generator = torch.Generator().manual_seed(cfg.init_seed if seed is None else seed)
         with torch.no_grad():
             nn.init.kaiming_uniform_(sae.W_dec, generator=generator)
             sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True))
@@ -463,11 +476,12 @@ def loss_and_grads(
     else:
         del reach_BF
         stats = _dense_grads(sae, x_BD, pre_BF, thr_F, l0_coefficient)
-    mse, l0, fired_F, sparse = stats
     centred_BD = x_BD - x_BD.mean(0)
     total_var = float(torch.dot(centred_BD.view(-1), centred_BD.view(-1)))
-    fvu = mse * B / total_var if total_var > 0 else float("nan")
-    return StepStats(mse + l0_coefficient * l0, mse, l0, fvu, fired_F, sparse)
+    fvu = stats.mse * B / total_var if total_var > 0 else float("nan")
+    return StepStats(
+        stats.mse + l0_coefficient * stats.l0, stats.mse, stats.l0, fvu, stats.fired_F, stats.sparse
+    )
 
 
 def _threshold_grad(
@@ -480,7 +494,7 @@ def _threshold_grad(
 
 def _dense_grads(
     sae: JumpReLUTrainingSAE, x_BD: Tensor, pre_BF: Tensor, thr_F: Tensor, coef: float
-) -> tuple[float, float, Tensor, bool]:
+) -> GradStats:
     B = x_BD.shape[0]
     bw = sae.bandwidth
     active_BF = pre_BF > thr_F
@@ -502,12 +516,12 @@ def _dense_grads(
     torch.sum(grad_pre_BF, 0, out=_grad_buffer(sae.b_enc))
     torch.mm(x_BD.T, grad_pre_BF, out=_grad_buffer(sae.W_enc))
     fired_F = active_BF.sum(0)
-    return mse, float(fired_F.sum()) / B, fired_F, False
+    return GradStats(mse, float(fired_F.sum()) / B, fired_F, sparse=False)
 
 
 def _sparse_grads(
     sae: JumpReLUTrainingSAE, x_BD: Tensor, pre_BF: Tensor, reach_BF: Tensor, thr_F: Tensor, coef: float
-) -> tuple[float, float, Tensor, bool]:
+) -> GradStats:
     B, F = pre_BF.shape
     bw = sae.bandwidth
     rows_N, cols_N = reach_BF.nonzero(as_tuple=True)  # row-major, i.e. CSR order
@@ -540,7 +554,7 @@ def _sparse_grads(
     grad_pre_T = _csr(ccol, rows_T, grad_pre_N[order_N], (F, B))
     _grad_buffer(sae.W_enc).copy_((grad_pre_T @ x_BD).T)
     fired_F = torch.bincount(cols_N[active_N], minlength=F)
-    return mse, float(active_N.sum()) / B, fired_F, True
+    return GradStats(mse, float(active_N.sum()) / B, fired_F, sparse=True)
 
 
 def _csr(offsets: Tensor, index: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:

@@ -1,7 +1,7 @@
-"""Reading activations: shuffled batches from a store, or straight from the model, one interface.
+"""Shuffled, resumable batches over units of rows: the one batching of stores and on-the-fly capture.
 
 Shuffling with a bounded buffer, deterministic for a seed and resumable from a position:
-each epoch, units (a store's shards, or groups of contexts run on the fly) are put in a seeded
+each epoch, units (a store's shards, or the same spans of contexts run on the fly) are put in a seeded
 order and grouped into windows of at most ``buffer_rows`` rows; the rows of each window are
 permuted (seeded by seed, epoch and window) and cut into batches, a batch may span two windows.
 The order of an epoch is thus a function of (seed, epoch, unit sizes) alone, so starting at batch
@@ -10,35 +10,16 @@ The order of an epoch is thus a function of (seed, epoch, unit sizes) alone, so 
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, NamedTuple, Union
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load
 from torch import Tensor
 
-from g2interp.activations.capture import iter_captured_rows, read_contexts
-from g2interp.activations.corpus import PackedContexts
-from g2interp.activations.manifest import (
-    MANIFEST_FILE,
-    RANK_JOURNAL_GLOB,
-    Manifest,
-    ShardCorruptError,
-    ShardMissingError,
-    ShardRecord,
-    StoreError,
-    read_journal,
-    sha256_bytes,
-)
-from g2interp.model.gemma import HookedGemma
-
-logger = logging.getLogger(__name__)
+from g2interp.activations.manifest import StoreError
 
 Activations = Union[Float[Tensor, "batch d"], dict[str, Float[Tensor, "batch d"]]]  # noqa: UP007 (runtime alias)
 
@@ -135,10 +116,12 @@ class ActivationBatches(Iterator):
     """Shuffled batches of activations; ``position`` counts the batches consumed (pass it as ``start``).
 
     Yields ``Tensor[batch, d]`` for one hook (``hooks`` a str), a dict of them for several aligned
-    hooks (a list), or :class:`IndexedBatch` with ``with_index=True``.
+    hooks (a list), or :class:`IndexedBatch` with ``with_index=True``. Made by
+    :meth:`ActivationSource.batches <g2interp.activations.source.ActivationSource.batches>`.
 
     Args:
-        unit_rows: rows in each unit (shard, or group of contexts); units are loaded whole.
+        unit_rows: rows in each unit (a shard's span of contexts); units are loaded whole.
+        load_units: rows of a list of units (indices into ``unit_rows``), concatenated in that order.
         batch_size: rows per batch; the last batch of an epoch is smaller unless ``drop_last``.
         seed: seeds the order of every epoch.
         buffer_rows: rows shuffled together (a unit larger than this is a window on its own); about
@@ -154,6 +137,7 @@ class ActivationBatches(Iterator):
     def __init__(
         self,
         unit_rows: Sequence[int],
+        load_units: Callable[[Sequence[int]], Rows],
         hooks: str | Sequence[str],
         *,
         batch_size: int,
@@ -178,6 +162,7 @@ class ActivationBatches(Iterator):
         if not self.hooks:
             raise ValueError("name at least one hook")
         self.unit_rows = [int(r) for r in unit_rows]
+        self.load_units = load_units
         self.n_rows = sum(self.unit_rows)
         self.batch_size = batch_size
         self.seed = seed
@@ -225,10 +210,6 @@ class ActivationBatches(Iterator):
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
-
-    def load_units(self, units: Sequence[int]) -> Rows:
-        """Rows of these units, concatenated in the order given."""
-        raise NotImplementedError
 
     # -------------------------------------------------------------------------------- machinery
     def _load_async(self, units: Sequence[int]) -> Future | _Lazy:
@@ -283,187 +264,3 @@ class ActivationBatches(Iterator):
         if leftover is not None and not self.drop_last:
             self._position += 1
             yield self._emit(leftover)
-
-
-# ---------------------------------------------------------------------------------------------- store
-class ActivationStore:
-    """A store folder: its manifest, its shards (checksummed on first read) and shuffled batches."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not (self.path / MANIFEST_FILE).is_file():
-            raise StoreError(f"{self.path} holds no activation store ({MANIFEST_FILE} not found)")
-        manifest = Manifest.read(self.path / MANIFEST_FILE)
-        journals = sorted(self.path.glob(RANK_JOURNAL_GLOB))
-        if journals:  # a distributed capture still running or killed: its ranks' finished shards count
-            manifest = manifest.with_shards([r for j in journals for r in read_journal(j)])
-        self.manifest = manifest
-        if not manifest.complete:
-            logger.warning(
-                "store %s is incomplete: %d of %d shards; reading those (resume the capture to finish it)",
-                self.path,
-                len(manifest.shards),
-                manifest.n_shards,
-            )
-        self._verified: set[str] = set()
-        self._lock = threading.Lock()
-
-    @property
-    def hooks(self) -> list[str]:
-        return list(self.manifest.hooks)
-
-    @property
-    def shards(self) -> tuple[ShardRecord, ...]:
-        return self.manifest.shards
-
-    @property
-    def rows(self) -> int:
-        return self.manifest.rows
-
-    def d(self, hook: str) -> int:
-        """Width of the stored rows of ``hook``."""
-        return self._hook(hook).d
-
-    def mean_squared_norm(self, hook: str) -> float:
-        """Mean squared L2 norm of the stored activations of ``hook`` (for normalisation)."""
-        value = self._hook(hook).mean_squared_norm
-        if value is None:
-            raise StoreError(f"store {self.path} holds no rows of {hook} yet")
-        return value
-
-    def contexts(self) -> PackedContexts:
-        """The packed contexts whose positions the rows index."""
-        return read_contexts(self.path, self.manifest)
-
-    def read_shard(self, hook: str, index: int) -> Rows:
-        """One shard of one hook, its checksum verified the first time it is read."""
-        self._hook(hook)
-        record = next((s for s in self.manifest.shards if s.index == index), None)
-        if record is None:
-            raise StoreError(f"store {self.path} lists no shard {index}")
-        file = record.files[hook]
-        path = self.path / file.path
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ShardMissingError(
-                f"shard {index} of {hook}: {path} is missing (the manifest lists it)"
-            ) from None
-        with self._lock:
-            verified = file.path in self._verified
-        if not verified:
-            digest = sha256_bytes(data)
-            if digest != file.sha256:
-                raise ShardCorruptError(
-                    f"shard {index} of {hook}: {path} is corrupted (sha256 {digest[:16]}..., "
-                    f"the manifest says {file.sha256[:16]}...)"
-                )
-            with self._lock:
-                self._verified.add(file.path)
-        try:
-            tensors = load(data)
-        except Exception as exc:
-            raise ShardCorruptError(
-                f"shard {index} of {hook}: {path} is not readable safetensors: {exc}"
-            ) from exc
-        return Rows(
-            {hook: tensors["activations"]}, tensors["tokens"], tensors["contexts"], tensors["positions"]
-        )
-
-    def read_rows(self, hooks: Sequence[str], indices: Sequence[int]) -> Rows:
-        """Shards ``indices`` of several hooks, concatenated, rows aligned across the hooks."""
-        parts = []
-        for index in indices:
-            per_hook = [self.read_shard(h, index) for h in hooks]
-            ref = per_hook[0]
-            for h, other in zip(hooks[1:], per_hook[1:], strict=True):
-                if not (
-                    torch.equal(other.contexts, ref.contexts) and torch.equal(other.positions, ref.positions)
-                ):
-                    raise StoreError(f"shard {index}: rows of {h} and {hooks[0]} are not aligned")
-            acts = {h: r.activations[h] for h, r in zip(hooks, per_hook, strict=True)}
-            parts.append(Rows(acts, ref.tokens, ref.contexts, ref.positions))
-        return Rows.cat(parts)
-
-    def verify(self) -> list[str]:
-        """Check every shard file against its checksum; one message per missing or corrupted file."""
-        problems = []
-        for record in self.manifest.shards:
-            for hook, file in record.files.items():
-                path = self.path / file.path
-                if not path.is_file():
-                    problems.append(f"shard {record.index} of {hook}: {path} is missing")
-                elif sha256_bytes(path.read_bytes()) != file.sha256:
-                    problems.append(f"shard {record.index} of {hook}: {path} is corrupted")
-        return problems
-
-    def batches(self, hooks: str | Sequence[str], batch_size: int, **kwargs: Any) -> StoreBatches:
-        """Shuffled batches of one hook (``Tensor[batch, d]``) or several aligned (a dict); see ActivationBatches."""
-        return StoreBatches(self, hooks, batch_size=batch_size, **kwargs)
-
-    def _hook(self, hook: str):
-        if hook not in self.manifest.hooks:
-            raise KeyError(f"store {self.path} has no hook {hook!r}; it holds {self.hooks}")
-        return self.manifest.hooks[hook]
-
-
-class StoreBatches(ActivationBatches):
-    """Shuffled batches read from an :class:`ActivationStore` (units are shards)."""
-
-    def __init__(self, store: ActivationStore, hooks: str | Sequence[str], **kwargs: Any):
-        names = [hooks] if isinstance(hooks, str) else list(hooks)
-        for h in names:
-            store._hook(h)
-        self.store = store
-        self._indices = [s.index for s in store.shards]
-        super().__init__([s.rows for s in store.shards], hooks, **kwargs)
-
-    def load_units(self, units: Sequence[int]) -> Rows:
-        return self.store.read_rows(self.hooks, [self._indices[u] for u in units])
-
-
-# ---------------------------------------------------------------------------------------------- on the fly
-class OnTheFlyBatches(ActivationBatches):
-    """The same batches interface, straight from the model: units are groups of ``model_batch_size`` contexts."""
-
-    def __init__(
-        self,
-        model: HookedGemma,
-        contexts: PackedContexts,
-        hooks: str | Sequence[str],
-        *,
-        batch_size: int,
-        model_batch_size: int = 8,
-        exclude: Sequence[str] = ("bos", "pad"),
-        prefetch: bool = False,
-        **kwargs: Any,
-    ):
-        names = [hooks] if isinstance(hooks, str) else list(hooks)
-        model.resolve_hook_names(names)
-        if model_batch_size < 1:
-            raise ValueError(f"model_batch_size must be positive, got {model_batch_size}")
-        self.model = model
-        self.contexts = contexts
-        self.model_batch_size = model_batch_size
-        self.exclude = tuple(exclude)
-        n = len(contexts)
-        spans = [(s, min(s + model_batch_size, n)) for s in range(0, n, model_batch_size)]
-        self._spans = spans
-        unit_rows = [int(contexts.keep_mask(s, e, self.exclude).sum()) for s, e in spans]
-        super().__init__(unit_rows, hooks, batch_size=batch_size, prefetch=prefetch, **kwargs)
-
-    def load_units(self, units: Sequence[int]) -> Rows:
-        parts = []
-        for u in units:
-            s, e = self._spans[u]
-            for rows in iter_captured_rows(
-                self.model,
-                self.contexts,
-                self.hooks,
-                start=s,
-                end=e,
-                batch_size=self.model_batch_size,
-                exclude=self.exclude,
-            ):
-                parts.append(Rows(rows.activations, rows.tokens, rows.contexts, rows.positions))
-        return Rows.cat(parts)

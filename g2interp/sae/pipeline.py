@@ -1,0 +1,317 @@
+"""Activation source -> SAEs -> evaluations: the engine of ``g2interp train-sae``.
+
+``train_saes(source, plan_saes(source, hooks, "short-run"), out)`` trains one SAE per hook (or a sweep of
+widths and target L0s on a hook) from one stream of the source's training batches, then scores each on
+the source's held-out contexts. The output folder holds, per SAE, ``OUT/<hook>[/<sweep point>]/``:
+
+    metrics.jsonl       training metrics every ``log_every`` steps
+    step_*/ latest.json resumable checkpoints (re-running the same call resumes, or does nothing)
+    sae_0/              the SAE (SAELens's layout), with ``eval.json`` and ``delta_lm_loss.json``; its
+                        cfg.json ``metadata.activations`` records the source (fingerprint, hook, model,
+                        packing, store folder) so the explorer and dashboards find model and contexts
+
+and ``OUT/train_sae.json``, the run's plan.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from g2interp.activations.source import ActivationSource
+from g2interp.distributed import DataParallel
+from g2interp.files import atomic_write_text
+from g2interp.sae.constants import DELTA_LOSS_RESULTS_FILE, EVAL_RESULTS_FILE, FINAL_SAE_DIR_TEMPLATE
+from g2interp.sae.evaluate import SAEEvaluation, clean_loss_on_source, evaluate_on_source
+from g2interp.sae.recipes import Recipe, recipe
+from g2interp.sae.sae import JumpReLUSAE
+from g2interp.sae.trainer import SAETrainer, train_together
+from g2interp.sae.training import SAETrainingConfig, make_saes
+
+logger = logging.getLogger(__name__)
+
+#: The run's plan, written into the output folder.
+RUN_CONFIG_FILE = "train_sae.json"
+#: Provenance key in each saved SAE's cfg.json ``metadata``.
+PROVENANCE_KEY = "activations"
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """One SAE of a run: the hook it reads, its training settings, its folder under the run's."""
+
+    hook: str
+    """Hook whose activations it reads."""
+    training: SAETrainingConfig
+    """Its settings (``d_in`` the hook's width)."""
+    folder: str
+    """Folder relative to the run's output (``<hook>``, or ``<hook>/d_sae=..,target_l0=..`` in a sweep)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """How the trained SAEs are scored on the source's held-out contexts."""
+
+    delta_loss_contexts: int = 4
+    """Held-out contexts the delta-LM-loss evaluation runs the whole model on (three passes each:
+    clean, SAE spliced in, zero-ablated); L0, FVU and dead latents use every held-out context."""
+    eval_batch_contexts: int = 1
+    """Contexts per forward pass of the delta-loss evaluation (its logits are contexts x length x vocab)."""
+
+    def __post_init__(self) -> None:
+        for name in ("delta_loss_contexts", "eval_batch_contexts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class TrainedSAE(NamedTuple):
+    """One SAE of a run, trained (or found trained) and evaluated."""
+
+    spec: SAESpec
+    """What was asked for."""
+    folder: Path
+    """The SAE's folder (``sae_0`` under the spec's)."""
+    sae: JumpReLUSAE
+    """The SAE, input scale folded in."""
+    evaluation: SAEEvaluation | None
+    """Its held-out evaluation (None on ranks other than 0)."""
+    trained: bool
+    """False when an earlier run had already finished it (nothing was trained)."""
+
+
+def plan_saes(
+    source: ActivationSource,
+    hooks: str | Sequence[str],
+    recipe_name: str | Recipe = "short-run",
+    *,
+    d_sae: Sequence[int] = (),
+    target_l0: Sequence[float] = (),
+    total_tokens: int | None = None,
+    epochs: int | None = None,
+    **overrides: Any,
+) -> list[SAESpec]:
+    """One spec per hook x width x target L0 (the recipe's when not given), checked against the source.
+
+    ``total_tokens`` defaults to ``epochs`` (the recipe's) passes over the source's training rows, in
+    whole batches; ``overrides`` set other :class:`SAETrainingConfig` fields.
+    """
+    r = recipe(recipe_name)
+    names = source.check_hooks(hooks)
+    widths = list(d_sae) or [r.d_sae]
+    targets = list(target_l0) or [overrides.pop("target_l0", r.training.get("target_l0", 0.0))]
+    batch_size = overrides.get("batch_size", r.training.get("batch_size", SAETrainingConfig.batch_size))
+    rows = source.n_rows("train")
+    if total_tokens is None:
+        total_tokens = (rows // batch_size) * batch_size * (epochs or r.epochs)
+        if total_tokens == 0:
+            raise ValueError(
+                f"{source.name} holds {rows} training rows, fewer than one batch of {batch_size}"
+            )
+    sweep = len(widths) * len(targets) > 1
+    specs = []
+    for hook, width, target in itertools.product(names, widths, targets):
+        shape = source.hook_shape(hook)
+        cfg = r.config(
+            d_in=math.prod(shape),
+            d_sae=width,
+            total_tokens=total_tokens,
+            target_l0=float(target),
+            hook_name=hook,
+            model_name=source.model_source,
+            reshape_hook_z=len(shape) == 2,
+            **overrides,
+        )
+        folder = f"{hook}/d_sae={width},target_l0={target:g}" if sweep else hook
+        specs.append(SAESpec(hook, cfg, folder))
+    return specs
+
+
+def train_saes(
+    source: ActivationSource,
+    specs: Sequence[SAESpec],
+    out: str | Path,
+    *,
+    model: Any = None,
+    eval_cfg: EvalConfig | None = None,
+    seed: int = 0,
+    parallel: DataParallel | None = None,
+    progress: bool = True,
+) -> list[TrainedSAE]:
+    """Train every spec from one stream of ``source``'s training batches, then evaluate each on its
+    held-out contexts with ``model`` (loaded from the source's provenance when not given)."""
+    if not specs:
+        raise ValueError("no SAEs to train")
+    eval_cfg = eval_cfg or EvalConfig()
+    source.check_eval_contexts(eval_cfg.delta_loss_contexts)  # before any training, not after
+    batch_sizes = {s.training.batch_size for s in specs}
+    if len(batch_sizes) > 1:
+        raise ValueError(f"SAEs trained from one stream share a batch size; got {sorted(batch_sizes)}")
+    for spec in specs:
+        if source.d(spec.hook) != spec.training.d_in:
+            raise ValueError(
+                f"d_in {spec.training.d_in} is not the width of {spec.hook} in {source.name}: it is {source.d(spec.hook)}"
+            )
+    parallel = parallel if parallel is not None and parallel.world_size > 1 else None
+    rank, world = (0, 1) if parallel is None else (parallel.rank, parallel.world_size)
+    local_batch = specs[0].training.batch_size // world
+    out = Path(out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        plan = {"source": source.provenance(""), "seed": seed, "saes": [_spec_json(s) for s in specs]}
+        atomic_write_text(out / RUN_CONFIG_FILE, json.dumps(plan, indent=2) + "\n")
+    hooks = list(dict.fromkeys(s.hook for s in specs))
+    trainers = [
+        SAETrainer(
+            s.training,
+            make_saes(s.training),
+            checkpoint_dir=out / s.folder,
+            metrics_log=out / s.folder / "metrics.jsonl",
+            progress=False,
+            parallel=parallel,
+            metadata={PROVENANCE_KEY: source.provenance(s.hook)},
+        )
+        for s in specs
+    ]
+
+    def batches_from(start: int):
+        return source.batches(
+            hooks,
+            local_batch,
+            seed=seed,
+            epochs=None,
+            start=start,
+            drop_last=True,
+            rank=rank,
+            world_size=world,
+        )
+
+    started = time.perf_counter()
+    finals = train_together(trainers, batches_from, [s.hook for s in specs], progress=progress)
+    logger.info("trained %d SAEs on %s in %.1f s", len(specs), hooks, time.perf_counter() - started)
+    trained = [t.step_at_start < t.cfg.total_steps for t in trainers]
+    results = []
+    if rank == 0 and model is None:
+        model = _load_model(source)
+    ce_clean = None
+    for spec, final, was_trained in zip(specs, finals, trained, strict=True):
+        folder = out / spec.folder / FINAL_SAE_DIR_TEMPLATE.format(index=0)
+        evaluation = None
+        if rank == 0:
+            evaluation = _read_evaluation(folder, source) if not was_trained else None
+            if evaluation is None:
+                if ce_clean is None:
+                    ce_clean = clean_loss_on_source(model, source, eval_cfg.delta_loss_contexts)
+                evaluation = evaluate_on_source(
+                    model,
+                    final[0].to(getattr(model, "device", "cpu")),
+                    source,
+                    delta_loss_contexts=eval_cfg.delta_loss_contexts,
+                    eval_batch_contexts=eval_cfg.eval_batch_contexts,
+                    ce_clean=ce_clean,
+                )
+                evaluation.save(folder)
+            _log_evaluation(spec, evaluation)
+        results.append(TrainedSAE(spec, folder, final[0], evaluation, was_trained))
+    if parallel is not None:
+        parallel.barrier()
+    return results
+
+
+def open_sae_source(
+    sae: JumpReLUSAE, *, store: str | Path | None = None, model: Any = None, batch_contexts: int = 8
+) -> ActivationSource:
+    """The activations an SAE was trained on, from its provenance: ``store`` if given, else the store it
+    names if that folder still holds it, else the same packing captured on the fly with ``model``."""
+    from g2interp.activations.config import ContextsConfig
+    from g2interp.activations.source import OnTheFlySource
+    from g2interp.activations.store import ActivationStore
+
+    record = sae.cfg.metadata.get(PROVENANCE_KEY)
+    if store is not None:
+        source: ActivationSource = ActivationStore(store)
+        if record and record.get("fingerprint") != source.fingerprint:
+            raise ValueError(
+                f"{source.name} holds other activations (fingerprint {source.fingerprint[:12]}) than the SAE "
+                f"on {sae.cfg.hook_name} was trained on ({str(record.get('fingerprint'))[:12]})"
+            )
+        source.check_hooks(sae.cfg.hook_name)
+        return source
+    if not record:
+        raise ValueError(
+            f"the SAE on {sae.cfg.hook_name!r} records no activation source (metadata.{PROVENANCE_KEY}); pass a store"
+        )
+    folder = record.get("store")
+    if folder and Path(folder).is_dir():
+        return open_sae_source(sae, store=folder)
+    if model is None:
+        model = _load_model_named(record["model"])
+    contexts = ContextsConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in record["contexts"].items()}
+    )
+    source = OnTheFlySource(model, contexts, model_source=record["model"], batch_contexts=batch_contexts)
+    source.check_model(model)
+    return source
+
+
+def _load_model_named(name: str) -> Any:
+    from g2interp.loading import load_model
+
+    return load_model(name)
+
+
+def _load_model(source: ActivationSource) -> Any:
+    model = getattr(source, "model", None)
+    if model is not None:
+        return model
+    from g2interp.loading import load_model
+
+    model = load_model(source.model_source)
+    source.check_model(model, source.model_source)
+    return model
+
+
+def _read_evaluation(folder: Path, source: ActivationSource) -> SAEEvaluation | None:
+    """The evaluation an earlier run wrote for this SAE on this source, if any."""
+    from g2interp.sae.evaluate import DeltaLossResult, SAEEvalResult
+
+    try:
+        ev = json.loads((folder / EVAL_RESULTS_FILE).read_text())
+        dl = json.loads((folder / DELTA_LOSS_RESULTS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if ev.get("source_fingerprint") != source.fingerprint:
+        return None
+    ev["density_hist_edges"] = tuple(ev["density_hist_edges"])
+    ev["density_hist_counts"] = tuple(ev["density_hist_counts"])
+    nan = float("nan")
+    ev = {k: nan if v is None else v for k, v in ev.items()}
+    dl = {k: nan if v is None else v for k, v in dl.items()}
+    return SAEEvaluation(SAEEvalResult(feature_density=None, **ev), DeltaLossResult(**dl))  # type: ignore[arg-type]
+
+
+def _log_evaluation(spec: SAESpec, evaluation: SAEEvaluation) -> None:
+    ev, dl = evaluation
+    logger.info(
+        "%s: L0 %.1f, FVU %.3f, dead %.1f%% on %d held-out tokens; CE %.4f -> %.4f (zero %.4f), recovered %.3f",
+        spec.folder,
+        ev.l0,
+        ev.fvu,
+        100 * ev.dead_fraction,
+        ev.n_tokens,
+        dl.ce_clean,
+        dl.ce_sae,
+        dl.ce_zero,
+        dl.fraction_recovered,
+    )
+
+
+def _spec_json(spec: SAESpec) -> dict[str, Any]:
+    return {"hook": spec.hook, "folder": spec.folder, "training": spec.training.to_dict()}
