@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from g2interp import load_model
-from g2interp.activations import CaptureConfig, capture, compute_shard, pack_corpus
+from g2interp.activations import CaptureConfig, capture, compute_shard, prepare_contexts
 from g2interp.activations.capture import check_request
 
-DEFAULT_CORPUS = "/work/shared/data/corpus"
+DEFAULT_CORPUS = str(Path(__file__).resolve().parents[1] / "data" / "demo_corpus")
 
 
 def main() -> None:
@@ -66,7 +66,8 @@ def main() -> None:
             out=out,
             context_length=args.context_length,
             max_contexts=args.contexts,
-            batch_size=args.batch_size,
+            batch_contexts=args.batch_size,
+            eval_contexts=0,
             contexts_per_shard=args.contexts_per_shard,
             dtype=dtype,
             progress=False,
@@ -74,8 +75,8 @@ def main() -> None:
 
     probe = config("unused", "float32")
     check_request(model, probe)
-    contexts = pack_corpus(model.tokenizer, args.corpus, args.context_length, max_contexts=args.contexts)
-    n_shards = -(-len(contexts) // args.contexts_per_shard)
+    contexts = prepare_contexts(model.tokenizer, probe)
+    n_shards = len(contexts.shard_spans(args.contexts_per_shard))
     compute_shard(model, contexts, hooks, 0, probe)  # warm-up
 
     best: dict[str, dict] = {}

@@ -6,24 +6,24 @@ dashboards -> moderation scores explained by latents -> the explorer on localhos
 
 Stages, each keeping what an earlier run left in ``--out`` (default ``runs/demo``):
 
-1. capture ``blocks.L.hook_resid_post`` of ``--train-contexts`` packed contexts of the corpus into an
-   activation store (``OUT/stores/<hook>``; resumes, and is a no-op once complete);
-2. train a JumpReLU SAE on the store's shuffled batches (``OUT/saes/<hook>/sae_0``; resumes from its
-   checkpoint; kept once evaluated with the same settings);
-3. evaluate it on held-out contexts (``eval.json``, ``delta_lm_loss.json`` beside it);
-4. build its dashboards (``sae_0/dashboards``; kept while current);
+1. capture ``blocks.L.hook_resid_post`` of ``--train-contexts`` + ``--eval-contexts`` packed contexts of the
+   corpus into an activation store (``OUT/store``; the held-out contexts in shards of their own; resumes,
+   and is a no-op once complete);
+2. train a JumpReLU SAE on the store's shuffled training batches with the library's ``short-run`` recipe
+   (``OUT/saes/<hook>/sae_0``; resumes from its checkpoint, kept once finished);
+3. evaluate it on the store's held-out contexts (``eval.json``, ``delta_lm_loss.json`` beside it);
+4. build its dashboards from the same held-out contexts (``sae_0/dashboards``; kept while current);
 5. score example prompts with the Moderator (if ``g2interp.moderation`` is importable) and explain the
    most harmful one's probe score by the SAE's latents (when the SAE is at the probe's layer);
 6. print a summary, then run ``streamlit run apps/explorer.py`` on localhost and print its URL.
 
-The corpus defaults to ``../shared/data/corpus`` beside the repository, else the small test corpus.
+The corpus is the public-domain one shipped in ``data/demo_corpus`` (about 1.1 M tokens; see its README).
 Layer: ``--layer auto`` takes the layer the shipped probe heads read (so the explanation works), else 6.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket
@@ -36,16 +36,7 @@ from pathlib import Path
 
 import torch
 
-from g2interp import (
-    ActivationStore,
-    CaptureConfig,
-    JumpReLUSAE,
-    SAETrainer,
-    SAETrainingConfig,
-    capture,
-    load_model,
-)
-from g2interp.activations import pack_corpus
+from g2interp import ActivationStore, CaptureConfig, JumpReLUSAE, capture, load_model, plan_saes, train_saes
 from g2interp.constants import EMBEDDED_MODEL, HOOK_RESID_POST
 from g2interp.dashboards import (
     DashboardConfig,
@@ -56,16 +47,11 @@ from g2interp.dashboards import (
     explain_probe,
     probe_layers,
 )
-from g2interp.sae import make_saes
-from g2interp.sae.constants import DELTA_LOSS_RESULTS_FILE, EVAL_RESULTS_FILE, FINAL_SAE_DIR_TEMPLATE
-from g2interp.sae.run import evaluate_on_contexts, excluded_ids
+from g2interp.sae.pipeline import EvalConfig, TrainedSAE, evaluate_saes
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CORPUS = REPO.parent / "shared" / "data" / "corpus"
-SMALL_CORPUS = REPO / "tests" / "fixtures" / "corpus_small.jsonl"
-TRAIN_SETTINGS_FILE = "demo_train.json"
+DEMO_CORPUS = REPO / "data" / "demo_corpus"
 DEFAULT_LAYER = 6
-DEFAULT_STEPS = 384  # training steps when --epochs is not given
 EXAMPLES = (
     "What is the capital of France?",
     "Write a friendly birthday message for my grandmother.",
@@ -80,22 +66,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="everything the demo writes goes here")
     p.add_argument(
-        "--corpus", default=None, help=f"JSONL corpus (default {SHARED_CORPUS}, else {SMALL_CORPUS.name})"
+        "--corpus", default=str(DEMO_CORPUS), help="corpus file or folder (default: the shipped one)"
     )
     p.add_argument("--layer", default="auto", help="block whose hook_resid_post the SAE reads, or 'auto'")
     p.add_argument("--context-length", type=int, default=128)
-    p.add_argument("--train-contexts", type=int, default=512, help="contexts captured for training")
-    p.add_argument("--eval-contexts", type=int, default=4, help="held-out contexts for the evaluation")
+    p.add_argument("--train-contexts", type=int, default=4000, help="contexts captured for training")
     p.add_argument(
-        "--dashboard-contexts", type=int, default=128, help="contexts the dashboards are built from"
+        "--eval-contexts", type=int, default=128, help="held-out contexts: evaluation and dashboards"
     )
+    p.add_argument("--delta-loss-contexts", type=int, default=8, help="of those, scored with the whole model")
     p.add_argument("--d-sae", type=int, default=2048)
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help="passes over the captured activations (default: as many as ~384 training steps need)",
-    )
+    p.add_argument("--epochs", type=int, default=1, help="passes over the captured training activations")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--target-l0", type=float, default=32.0)
@@ -123,15 +104,6 @@ class Stages:
         seconds = time.perf_counter() - started
         self.rows.append((name, seconds, note))
         log.info("stage %-11s %6.1f s  %s", name, seconds, note)
-
-
-def choose_corpus(requested: str | None) -> Path:
-    if requested:
-        return Path(requested)
-    if SHARED_CORPUS.is_dir():
-        return SHARED_CORPUS
-    log.warning("%s not found; using the small test corpus %s", SHARED_CORPUS, SMALL_CORPUS)
-    return SMALL_CORPUS
 
 
 def load_moderator(model):
@@ -162,75 +134,33 @@ def choose_layer(requested: str, moderator) -> int:
     return DEFAULT_LAYER
 
 
-def training_config(args, d_in: int, rows: int, hook: str) -> SAETrainingConfig:
-    steps_per_epoch = rows // args.batch_size
-    if steps_per_epoch < 1:
-        raise SystemExit(f"the store holds {rows} rows, fewer than one batch of {args.batch_size}")
-    # 512 contexts of the corpus give ~63 steps an epoch; the small fallback corpus needs more passes
-    epochs = args.epochs or max(1, round(DEFAULT_STEPS / steps_per_epoch))
-    return SAETrainingConfig(
-        d_in=d_in,
-        d_sae=args.d_sae,
-        total_tokens=epochs * steps_per_epoch * args.batch_size,
+def train(args, store: ActivationStore, hook: str, model, stages: Stages) -> TrainedSAE:
+    """Stages 2 and 3: the SAE trained with the short-run recipe and evaluated on the held-out contexts."""
+    t0 = time.perf_counter()
+    specs = plan_saes(
+        store,
+        hook,
+        "short-run",
+        d_sae=[args.d_sae],
+        target_l0=[args.target_l0],
+        epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
-        lr_warmup_steps=20,
-        target_l0=args.target_l0,
-        l0_coefficient=1e-3,
-        b_dec_init="mean",
-        n_norm_batches=4,
-        dead_window_steps=min(100, epochs * steps_per_epoch),
+        threshold_lr_scale=1.0,
         checkpoint_every=50,
         log_every=25,
-        seed=args.seed,
-        hook_name=hook,
-        model_name=EMBEDDED_MODEL,
     )
-
-
-def train(
-    args, store: ActivationStore, hook: str, folder: Path, eval_tokens, model, stages: Stages
-) -> JumpReLUSAE:
-    """Stages 2 and 3: the SAE, trained and evaluated, or the one an earlier run left with these settings."""
-    cfg = training_config(args, store.d(hook), store.rows, hook)
-    settings = {"training": cfg.to_dict(), "store_rows": store.rows, "eval_contexts": len(eval_tokens)}
-    sae_dir = folder / FINAL_SAE_DIR_TEMPLATE.format(index=0)
-    settings_path = folder / TRAIN_SETTINGS_FILE
-    done = (sae_dir / DELTA_LOSS_RESULTS_FILE).is_file() and settings_path.is_file()
-    if done and json.loads(settings_path.read_text()) != json.loads(json.dumps(settings)):
-        raise SystemExit(
-            f"{folder} holds an SAE trained with other settings; pass another --out or delete {folder}"
-        )
-    if done:
-        stages.add("train", time.perf_counter(), f"reused {sae_dir}")
-        return JumpReLUSAE.load(sae_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+    (result,) = train_saes(store, specs, Path(args.out) / "saes", seed=args.seed, evaluate=False)
+    steps = specs[0].training.total_steps
+    if result.trained:
+        stages.add("train", t0, f"{steps} steps x {args.batch_size} rows, d_sae {args.d_sae}")
+    else:
+        stages.add("train", t0, f"reused {result.folder}")
     t0 = time.perf_counter()
-
-    def batches(start: int):
-        return store.batches(hook, args.batch_size, seed=args.seed, epochs=None, start=start, drop_last=True)
-
-    log.info(
-        "training %d latents for %d steps of %d rows on %s", cfg.d_sae, cfg.total_steps, cfg.batch_size, hook
-    )
-    sae = SAETrainer(
-        cfg, make_saes(cfg), batches, checkpoint_dir=folder, metrics_log=folder / "metrics.jsonl"
-    ).fit()[0]
-    stages.add("train", t0, f"{cfg.total_steps} steps x {cfg.batch_size} rows, d_sae {cfg.d_sae}")
-    t0 = time.perf_counter()
-    result, delta = evaluate_on_contexts(
-        model,
-        sae,
-        eval_tokens,
-        exclude_ids=excluded_ids(model.tokenizer),
-        batch_contexts=8,
-        eval_batch_contexts=1,
-    )
-    result.save(sae_dir)
-    delta.save(sae_dir)
-    stages.add("evaluate", t0, f"{len(eval_tokens)} held-out contexts")
-    return JumpReLUSAE.load(sae_dir)
+    eval_cfg = EvalConfig(delta_loss_contexts=args.delta_loss_contexts)
+    (result,) = evaluate_saes(store, [result], model=model, eval_cfg=eval_cfg)
+    stages.add("evaluate", t0, f"{result.evaluation.eval.n_contexts} held-out contexts")
+    return result
 
 
 def moderate(moderator, note: str, sae: JumpReLUSAE, dashboards: Dashboards) -> list[str]:
@@ -275,16 +205,24 @@ def moderate(moderator, note: str, sae: JumpReLUSAE, dashboards: Dashboards) -> 
     return lines
 
 
-def summary(sae_dir: Path, dashboards: Dashboards, stages: Stages, moderation: list[str]) -> str:
-    ev = json.loads((sae_dir / EVAL_RESULTS_FILE).read_text())
-    dl = json.loads((sae_dir / DELTA_LOSS_RESULTS_FILE).read_text())
-    lines = ["", "=" * 78, f"SAE {sae_dir}  ({dashboards.hook_name}, {dashboards.d_sae} latents)"]
+def summary(
+    result: TrainedSAE, store: ActivationStore, dashboards: Dashboards, stages: Stages, moderation: list[str]
+) -> str:
+    ev, dl = result.evaluation
+    meta = result.sae.cfg.metadata
+    lines = ["", "=" * 78, f"SAE {result.folder}  ({dashboards.hook_name}, {dashboards.d_sae} latents)"]
     lines.append(
-        f"  held-out: L0 {ev['l0']:.1f}, FVU {ev['fvu']:.3f}, dead {100 * ev['dead_fraction']:.1f}%, "
-        f"CE {dl['ce_clean']:.3f} -> {dl['ce_sae']:.3f} (zero-ablated {dl['ce_zero']:.3f}), "
-        f"loss recovered {dl['fraction_recovered']:.3f}"
+        f"  trained on {store.n_rows('train'):,} distinct tokens ({store.contexts().n_train:,} contexts), "
+        f"{meta['training_tokens']:,} tokens in all"
     )
-    lines.append(f"  dashboards: {dashboards.n_tokens} tokens, {len(dashboards.dead)} dead latents; densest:")
+    lines.append(
+        f"  held-out ({ev.n_contexts} contexts, {ev.n_tokens:,} tokens): L0 {ev.l0:.1f}, FVU {ev.fvu:.3f}, "
+        f"dead {100 * ev.dead_fraction:.1f}%; on {dl.n_contexts} of them CE {dl.ce_clean:.3f} -> {dl.ce_sae:.3f} "
+        f"(zero-ablated {dl.ce_zero:.3f}), loss recovered {dl.fraction_recovered:.3f}"
+    )
+    lines.append(
+        f"  dashboards: {dashboards.n_tokens} held-out tokens, {int(dashboards.dead.sum())} dead latents; densest:"
+    )
     for i in dashboards.order()[:5].tolist():
         lines.append(
             f"    #{i:<6d} density {float(dashboards.density[i]):.3f}  fires on {dashboards.top_token(i)!r}, "
@@ -357,7 +295,6 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     stages = Stages()
     out = Path(args.out)
-    corpus = choose_corpus(args.corpus)
 
     t0 = time.perf_counter()
     model = load_model(EMBEDDED_MODEL)
@@ -370,79 +307,47 @@ def main(argv: list[str] | None = None) -> None:
         f"{EMBEDDED_MODEL}, {model.cfg.n_layers} layers; SAE at {hook}; moderation: {moderation_note}",
     )
 
-    # 1. Contexts: the first --train-contexts are captured, one is skipped, the next --eval-contexts held out.
+    # 1. The store: training contexts and held-out contexts, packed once.
     t0 = time.perf_counter()
-    want = args.train_contexts + 1 + args.eval_contexts
-    packed = pack_corpus(model.tokenizer, corpus, args.context_length, seed=args.seed, max_contexts=want)
-    full = int((packed.lengths_N == args.context_length).sum())
-    n_train = min(args.train_contexts, full - 1 - args.eval_contexts)
-    if n_train < 8:
-        raise SystemExit(
-            f"{corpus} packs into {full} full contexts of {args.context_length}: too few for the demo"
-        )
-    eval_tokens = packed.tokens_NL[n_train + 1 : n_train + 1 + args.eval_contexts].long()
-    store_dir = out / "stores" / hook
     result = capture(
         model,
         CaptureConfig(
-            data=str(corpus),
+            data=args.corpus,
             hooks=(hook,),
-            out=str(store_dir),
+            out=str(out / "store"),
             context_length=args.context_length,
-            max_contexts=n_train,
-            contexts_per_shard=32,
-            exclude=("bos", "eos", "pad"),
+            max_contexts=args.train_contexts + args.eval_contexts,
+            eval_contexts=args.eval_contexts,
+            batch_contexts=16,
             seed=args.seed,
         ),
     )
-    store = ActivationStore(store_dir)
-    if not torch.equal(store.contexts().tokens_NL, packed.tokens_NL[:n_train]):
-        log.warning("the store's contexts differ from the demo's packing: the held-out contexts may overlap")
-    note = f"{store.rows} rows from {n_train} contexts of {corpus.name}"
-    stages.add("capture", t0, note if result.shards_written else f"reused {store_dir} ({note})")
+    store = ActivationStore(out / "store")
+    note = f"{store.n_rows('train'):,} training rows + {store.n_rows('eval'):,} held out, from {Path(args.corpus).name}"
+    stages.add("capture", t0, note if result.shards_written else f"reused {store.path} ({note})")
 
-    # 2-3. SAE trained on the store's shuffled batches, evaluated on the held-out contexts.
-    sae_folder = out / "saes" / hook
-    sae = train(args, store, hook, sae_folder, eval_tokens, model, stages)
-    sae_dir = sae_folder / FINAL_SAE_DIR_TEMPLATE.format(index=0)
+    # 2-3. SAE trained on the store's shuffled batches, evaluated on its held-out contexts.
+    trained = train(args, store, hook, model, stages)
 
-    # 4. Dashboards over the first --dashboard-contexts captured contexts.
+    # 4. Dashboards over the held-out contexts.
     t0 = time.perf_counter()
     dash_cfg = DashboardConfig()
-    contexts = store.contexts()
-    n_dash = min(args.dashboard_contexts, len(contexts))
-    source = f"{corpus} (first {n_dash} of the demo's training contexts, length {args.context_length})"
-    folder = default_folder(sae_dir)
-    if dashboards_current(folder, sae, dash_cfg, source=source):
+    folder = default_folder(trained.folder)
+    if dashboards_current(folder, trained.sae, dash_cfg, source=store):
         stages.add("dashboards", t0, f"reused {folder}")
     else:
-        subset = pack_subset(contexts, n_dash)
-        built = build_dashboards(model, sae, subset, folder, dash_cfg, source=source)
+        built = build_dashboards(model, trained.sae, store, folder, dash_cfg)
         stages.add("dashboards", t0, f"{built.n_tokens} tokens, {100 * built.dead_fraction:.1f}% dead")
     dashboards = Dashboards.load(folder)
 
     # 5. Moderation.
     t0 = time.perf_counter()
-    moderation = moderate(moderator, moderation_note, sae, dashboards)
+    moderation = moderate(moderator, moderation_note, trained.sae, dashboards)
     stages.add("moderation", t0, f"{len(EXAMPLES)} prompts" if moderator is not None else "skipped")
 
-    print(summary(sae_dir, dashboards, stages, moderation))
+    print(summary(trained, store, dashboards, stages, moderation))
     if not args.no_serve:
-        serve(out / "saes", sae_dir, args.port, args.serve_for)
-
-
-def pack_subset(contexts, n: int):
-    """The first ``n`` of packed contexts."""
-    from g2interp.activations import PackedContexts
-
-    return PackedContexts(
-        contexts.tokens_NL[:n],
-        contexts.lengths_N[:n],
-        bos_token_id=contexts.bos_token_id,
-        eos_token_id=contexts.eos_token_id,
-        pad_token_id=contexts.pad_token_id,
-        n_documents=contexts.n_documents,
-    )
+        serve(out / "saes", trained.folder, args.port, args.serve_for)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import inspect
 import json
 import logging
 import os
-import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
@@ -25,6 +24,7 @@ from itertools import pairwise
 from typing import Any, TypeVar
 
 C = TypeVar("C")
+logger = logging.getLogger("g2interp.cli")
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 _SCALARS = {"int": int, "float": float, "str": str}
@@ -150,8 +150,8 @@ def stage_main(
 ) -> int:
     """Parse ``argv``, set up logging and threads, ``run(args)`` and print its result as JSON.
 
-    Returns 0; 1 (``prog: failed: message`` on stderr) for ``failures``, errors worth retrying such as
-    a failed disk write (a missing file is never one); 2 (``prog: error: message``) for
+    Returns 0; 1 (``prog: failed: message`` logged) for ``failures``, errors worth retrying such as a
+    failed disk write (a missing file is never one); 2 (``prog: error: message``) for
     :data:`USAGE_ERRORS` and ``usage``. Only rank 0 of a torchrun group logs below WARNING and prints.
     """
     import torch
@@ -166,11 +166,12 @@ def stage_main(
         result = run(args)
     except BaseException as exc:
         if isinstance(exc, failures) and not isinstance(exc, FileNotFoundError):
-            print(f"{parser.prog}: failed: {exc}", file=sys.stderr)
+            logger.error("%s: failed: %s", parser.prog, exc)
             return EXIT_FAILED
         if isinstance(exc, (*USAGE_ERRORS, *usage)):
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            print(f"{parser.prog}: error: {message}", file=sys.stderr)
+            logger.error(
+                "%s: error: %s", parser.prog, exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            )
             return EXIT_USAGE
         raise
     if result is not None and rank == 0:

@@ -109,7 +109,8 @@ def get_dashboards(entry: SAEEntry) -> Dashboards | None:
 
 def build_hint(entry: SAEEntry) -> None:
     st.warning(f"No dashboards for this SAE yet ({entry.path / DASHBOARDS_DIR} is missing).")
-    st.code(f"g2interp dashboards --sae {entry.path} --data ../shared/data/corpus", language="bash")
+    st.code(f"g2interp dashboards --sae {entry.path}", language="bash")
+    st.caption("It reads the held-out contexts of the store the SAE was trained on (from its provenance).")
 
 
 # ---------------------------------------------------------------------------------------------- navigation
@@ -198,6 +199,11 @@ def sidebar() -> tuple[str, list[SAEEntry], SAEEntry | None]:
         bar.info(
             f"No SAE under {root!r}. Train one (`g2interp train-sae`, `make demo`) or change the folder."
         )
-    st.session_state.setdefault("model_source", os.environ.get(ENV_MODEL) or EMBEDDED_MODEL)
-    bar.text_input("Model", key="model_source", help=f"for the Text and Moderation pages (env {ENV_MODEL})")
+    recorded = chosen.source_model if chosen is not None else ""
+    st.session_state.setdefault("model_source", os.environ.get(ENV_MODEL) or recorded or EMBEDDED_MODEL)
+    bar.text_input(
+        "Model",
+        key="model_source",
+        help=f"for the Text and Moderation pages (env {ENV_MODEL}; default: the SAE's, from its provenance)",
+    )
     return root, entries, chosen

@@ -52,6 +52,13 @@ class SAEEntry:
     """``eval.json`` (L0, FVU, dead fraction...), when present."""
     delta_loss: dict[str, Any] | None
     """``delta_lm_loss.json``, when present."""
+    provenance: dict[str, Any] | None = None
+    """Where its activations come from (cfg.json ``metadata.activations``: fingerprint, model, store, packing)."""
+
+    @property
+    def source_model(self) -> str:
+        """The model its activations come from, as ``load_model`` takes it ('' when unrecorded)."""
+        return str((self.provenance or {}).get("model") or "")
 
     def label(self, root: str | Path | None = None) -> str:
         """``L6 resid_post · 4096 latents · runs/demo/sae_0``-style name for menus."""
@@ -98,6 +105,7 @@ def read_entry(folder: str | Path) -> SAEEntry | None:
         has_dashboards=(folder / DASHBOARDS_DIR / DASHBOARD_MANIFEST_FILE).is_file(),
         eval=_read_json(folder / EVAL_RESULTS_FILE),
         delta_loss=_read_json(folder / DELTA_LOSS_RESULTS_FILE),
+        provenance=meta.get("activations") if isinstance(meta.get("activations"), dict) else None,
     )
 
 

@@ -168,9 +168,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The flags of ``cls`` the command line gave (overrides-only groups leave the others out)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in names and k not in ("data", "seed")}
+    """The flags of ``cls`` the command line gave (its overrides-only group leaves the others out); the
+    fields the run sets itself, and those named like a run field (``data``, ``seed``), are not among them."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(_DERIVED) - {"data", "seed"}
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def _summary(result) -> dict[str, Any]:

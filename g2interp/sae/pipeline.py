@@ -144,9 +144,10 @@ def train_saes(
     seed: int = 0,
     parallel: DataParallel | None = None,
     progress: bool = True,
+    evaluate: bool = True,
 ) -> list[TrainedSAE]:
-    """Train every spec from one stream of ``source``'s training batches, then evaluate each on its
-    held-out contexts with ``model`` (loaded from the source's provenance when not given)."""
+    """Train every spec from one stream of ``source``'s training batches, then (``evaluate``) score each
+    on its held-out contexts with ``model`` (loaded from the source's provenance when not given)."""
     if not specs:
         raise ValueError("no SAEs to train")
     eval_cfg = eval_cfg or EvalConfig()
@@ -197,32 +198,51 @@ def train_saes(
     finals = train_together(trainers, batches_from, [s.hook for s in specs], progress=progress)
     logger.info("trained %d SAEs on %s in %.1f s", len(specs), hooks, time.perf_counter() - started)
     trained = [t.step_at_start < t.cfg.total_steps for t in trainers]
-    results = []
-    if rank == 0 and model is None:
-        model = _load_model(source)
-    ce_clean = None
-    for spec, final, was_trained in zip(specs, finals, trained, strict=True):
-        folder = out / spec.folder / FINAL_SAE_DIR_TEMPLATE.format(index=0)
-        evaluation = None
-        if rank == 0:
-            evaluation = _read_evaluation(folder, source) if not was_trained else None
-            if evaluation is None:
-                if ce_clean is None:
-                    ce_clean = clean_loss_on_source(model, source, eval_cfg.delta_loss_contexts)
-                evaluation = evaluate_on_source(
-                    model,
-                    final[0].to(getattr(model, "device", "cpu")),
-                    source,
-                    delta_loss_contexts=eval_cfg.delta_loss_contexts,
-                    eval_batch_contexts=eval_cfg.eval_batch_contexts,
-                    ce_clean=ce_clean,
-                )
-                evaluation.save(folder)
-            _log_evaluation(spec, evaluation)
-        results.append(TrainedSAE(spec, folder, final[0], evaluation, was_trained))
+    results = [
+        TrainedSAE(
+            spec, out / spec.folder / FINAL_SAE_DIR_TEMPLATE.format(index=0), final[0], None, was_trained
+        )
+        for spec, final, was_trained in zip(specs, finals, trained, strict=True)
+    ]
+    if evaluate and rank == 0:
+        results = evaluate_saes(source, results, model=model, eval_cfg=eval_cfg)
     if parallel is not None:
         parallel.barrier()
     return results
+
+
+def evaluate_saes(
+    source: ActivationSource,
+    results: Sequence[TrainedSAE],
+    *,
+    model: Any = None,
+    eval_cfg: EvalConfig | None = None,
+) -> list[TrainedSAE]:
+    """Score each SAE on the source's held-out contexts (reusing what an earlier run wrote for an SAE
+    that was not trained again) and write ``eval.json`` / ``delta_lm_loss.json`` beside it."""
+    eval_cfg = eval_cfg or EvalConfig()
+    source.check_eval_contexts(eval_cfg.delta_loss_contexts)
+    ce_clean = None
+    out = []
+    for result in results:
+        evaluation = None if result.trained else _read_evaluation(result.folder, source)
+        if evaluation is None:
+            if model is None:
+                model = _load_model(source)
+            if ce_clean is None:
+                ce_clean = clean_loss_on_source(model, source, eval_cfg.delta_loss_contexts)
+            evaluation = evaluate_on_source(
+                model,
+                result.sae.to(getattr(model, "device", "cpu")),
+                source,
+                delta_loss_contexts=eval_cfg.delta_loss_contexts,
+                eval_batch_contexts=eval_cfg.eval_batch_contexts,
+                ce_clean=ce_clean,
+            )
+            evaluation.save(result.folder)
+        _log_evaluation(result.spec, evaluation)
+        out.append(result._replace(evaluation=evaluation))
+    return out
 
 
 def open_sae_source(

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from g2interp import HookedGemma, ModelConfig
-from g2interp.loading.tokenizer import GemmaTokenizer
+from g2interp.tokenizer import GemmaTokenizer
 from tests.tiny import BOS, EOS, PAD, byte_tokenizer, one_thread  # noqa: F401  (re-exported to the tests)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -62,7 +62,8 @@ def worker_config(out: str | Path, **overrides):
         out=str(out),
         context_length=32,
         max_contexts=48,
-        batch_size=1,
+        eval_contexts=6,
+        batch_contexts=1,
         contexts_per_shard=2,
         progress=False,
     )

@@ -30,7 +30,9 @@ def _cfg(corpus, out, **kw) -> CaptureConfig:
         out=str(out),
         context_length=32,
         max_contexts=20,
-        batch_size=3,
+        eval_contexts=2,
+        exclude=("bos", "pad"),
+        batch_contexts=3,
         contexts_per_shard=6,
         progress=False,
     )
@@ -44,7 +46,7 @@ def store_path(tmp_path_factory, corpus):
     with one_thread():
         capture(
             tiny_model(),
-            _cfg(corpus, out, max_contexts=None, context_length=48, batch_size=16, contexts_per_shard=64),
+            _cfg(corpus, out, max_contexts=None, context_length=48, batch_contexts=16, contexts_per_shard=64),
         )
     return out
 
@@ -53,7 +55,7 @@ def test_rows_equal_run_with_cache(model, store_path):
     store = ActivationStore(store_path)
     contexts = store.contexts()
     n, q = contexts.tokens_NL.shape
-    assert n * q > 60_000 and int(contexts.lengths_N[-1]) < q  # the whole corpus, last context padded
+    assert n * q > 60_000 and int(contexts.lengths_N.min()) < q  # the whole corpus, one context padded
     _, cache = model.run_with_cache(
         contexts.tokens_NL.long(),
         list(HOOKS),
@@ -79,7 +81,14 @@ def test_rows_equal_run_with_cache(model, store_path):
 def test_manifest_checksums_and_statistics(model, store_path):
     store = ActivationStore(store_path)
     m = store.manifest
-    assert m.complete and m.n_shards == len(m.shards) == math.ceil(m.n_contexts / 64)
+    n_train = m.n_contexts - m.n_eval
+    assert m.complete and m.n_shards == len(m.shards) == math.ceil(n_train / 64) + math.ceil(m.n_eval / 64)
+    # the held-out contexts have shards of their own: the last one, here
+    assert m.n_eval == 2 and [(s.context_start, s.context_end) for s in m.shards[-2:]] == [
+        (64 * (n_train // 64), n_train),
+        (n_train, m.n_contexts),
+    ]
+    assert set(store.unit_rows("eval")) == {m.shards[-1].index}
     assert {h: i.shape for h, i in m.hooks.items()} == {
         "blocks.0.hook_resid_post": (32,),
         "blocks.1.attn.hook_z": (2, 16),
@@ -141,7 +150,7 @@ def test_resume_of_a_complete_store_writes_nothing(model, corpus, tmp_path):
     first = capture(model, _cfg(corpus, tmp_path / "s"))
     before = store_files(tmp_path / "s")
     again = capture(
-        model, _cfg(corpus, tmp_path / "s", batch_size=7, queue_size=1)
+        model, _cfg(corpus, tmp_path / "s", batch_contexts=7, queue_size=1)
     )  # not part of the identity
     assert first.shards_written == 4 and again.shards_written == 0 and again.tokens_processed == 0
     assert store_files(tmp_path / "s") == before

@@ -10,7 +10,7 @@ from act_helpers import HOOKS, save_hf_folder
 from g2interp import load_model
 from g2interp.activations import ActivationStore, CaptureConfig, capture
 from g2interp.activations.cli import build_parser, main, parse_config
-from g2interp.activations.config import field_docs
+from g2interp.cli_config import field_docs
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,8 @@ def _argv(model_folder, corpus, out, *extra):
         "9",
         "--contexts-per-shard",
         "4",
+        "--eval-contexts",
+        "2",
         "--no-progress",
         "--device",
         "cpu",
@@ -44,7 +46,7 @@ def test_every_field_is_a_flag_with_its_docstring():
     for name, doc in field_docs(CaptureConfig).items():
         assert "--" + name.replace("_", "-") in help_text
         assert doc[:40] in help_text
-    cfg, _ = parse_config(
+    cfg = parse_config(
         [
             "--data",
             "d",
@@ -60,13 +62,18 @@ def test_every_field_is_a_flag_with_its_docstring():
             "bfloat16",
             "--no-shuffle-documents",
             "--max-contexts",
-            "3",
+            "300",
         ]
     )
     assert cfg.hooks == ("a.b", "c.d", "e.f") and cfg.exclude == ("bos", "eos") and cfg.dtype == "bfloat16"
-    assert cfg.shuffle_documents is False and cfg.max_contexts == 3 and cfg.context_length == 1024
+    assert (
+        cfg.shuffle_documents is False
+        and cfg.max_contexts == 300
+        and cfg.eval_contexts == 64
+        and cfg.context_length == 1024
+    )
     with pytest.raises(SystemExit):
-        parse_config(["--data", "d", "--out", "o", "--hooks", "h", "--batch-size", "0"])
+        parse_config(["--data", "d", "--out", "o", "--hooks", "h", "--batch-contexts", "0"])
     with pytest.raises(SystemExit):
         parse_config(["--data", "d", "--out", "o", "--hooks", "h", "--dtype", "int8"])
 
@@ -85,12 +92,18 @@ def test_main_captures_what_the_api_captures(model_folder, corpus, tmp_path):
             context_length=32,
             max_contexts=9,
             contexts_per_shard=4,
+            eval_contexts=2,
             progress=False,
         ),
     )
     assert [r.files for r in api.manifest.shards] == [r.files for r in store.shards]  # same bytes
     assert (
-        main(_argv(model_folder, corpus, out, "--hooks", HOOKS[0], HOOKS[2], "--batch-size", "2")) == 0
+        main(
+            _argv(
+                model_folder, corpus, out, "--hooks", HOOKS[0], "--hooks", HOOKS[2], "--batch-contexts", "2"
+            )
+        )
+        == 0
     )  # resume
 
 

@@ -19,7 +19,9 @@ def test_embedded_capture_equals_run_with_cache(embedded_model, tmp_path):
         out=str(tmp_path / "s"),
         context_length=64,
         max_contexts=3,
-        batch_size=2,
+        eval_contexts=1,
+        exclude=("bos", "pad"),
+        batch_contexts=2,
         contexts_per_shard=2,
         progress=False,
     )

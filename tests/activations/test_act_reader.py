@@ -1,4 +1,4 @@
-"""Reading: seeded shuffles that visit every row once per epoch, resuming, checksums, on-the-fly batches."""
+"""Reading: seeded shuffles that visit every row once per epoch, resuming, checksums, on-the-fly sources."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from g2interp.activations import (
     ActivationStore,
     CaptureConfig,
     IndexedBatch,
-    OnTheFlyBatches,
+    OnTheFlySource,
     ShardCorruptError,
     ShardMissingError,
     StoreError,
@@ -30,7 +30,9 @@ def store_path(tmp_path_factory, corpus):
         out=str(out),
         context_length=32,
         max_contexts=60,
-        batch_size=10,
+        eval_contexts=0,
+        exclude=("bos", "pad"),
+        batch_contexts=10,
         contexts_per_shard=7,
         progress=False,
     )
@@ -158,28 +160,23 @@ def test_corrupted_and_missing_shards_are_named(store_path, tmp_path):
         ActivationStore(tmp_path)
 
 
-def test_on_the_fly_matches_the_store(store_path):
+def test_on_the_fly_source_gives_the_stores_batches_bit_for_bit(store_path):
     store = ActivationStore(store_path)
-    truth = _all_rows(store, HOOK)
     model = tiny_model()
-    contexts = store.contexts()
-
-    def live(**kwargs) -> OnTheFlyBatches:
-        return OnTheFlyBatches(
-            model, contexts, HOOK, batch_size=128, seed=0, buffer_rows=400, model_batch_size=10, **kwargs
-        )
-
-    got = list(live(with_index=True, epochs=1))
-    keys = [k for b in got for k in _keys(b)]
-    assert len(keys) == len(set(keys)) == store.rows and set(keys) == set(truth)
-    for batch in got:
-        torch.testing.assert_close(
-            batch.activations, torch.stack([truth[k] for k in _keys(batch)]), rtol=1e-5, atol=1e-6
-        )
+    live = OnTheFlySource(model, store.contexts_config, batch_contexts=10)
+    assert live.fingerprint == store.fingerprint and torch.equal(
+        live.contexts().tokens_NL, store.contexts().tokens_NL
+    )
+    kwargs = dict(batch_size=128, seed=0, buffer_rows=400)
+    stored = list(store.batches(HOOK, with_index=True, epochs=1, **kwargs))
+    got = list(live.batches(HOOK, with_index=True, epochs=1, **kwargs))
+    assert len(got) == len(stored)
+    for a, b in zip(got, stored, strict=True):
+        assert _keys(a) == _keys(b) and torch.equal(a.activations, b.activations)
     # the plain interface: Tensor[batch, d], deterministic, resumable
-    plain = live()
+    plain = live.batches(HOOK, **kwargs)
     first = [next(plain) for _ in range(3)]
     assert isinstance(first[0], torch.Tensor) and first[0].shape == (128, 32)
     assert all(torch.equal(a, b.activations) for a, b in zip(first, got, strict=False))
-    resumed = live(start=plain.position)
+    resumed = live.batches(HOOK, start=plain.position, **kwargs)
     assert torch.equal(next(resumed), got[3].activations)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from g2interp.distributed import DataParallel, init_data_parallel, shard_batches
 from g2interp.sae import JumpReLUTrainingSAE, NonFiniteError, SAETrainer, SAETrainingConfig
-from g2interp.sae.distributed import DataParallel, init_data_parallel, shard_batches
 
 D_IN, D_SAE, BATCH, STEPS = 16, 64, 64, 12
 
@@ -104,7 +104,7 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     os.environ.update(RANK=str(args.rank), WORLD_SIZE=str(args.world), LOCAL_RANK=str(args.rank))
-    parallel = init_data_parallel(init_method=f"file://{args.init_file}" if args.init_file else None)
+    parallel, _ = init_data_parallel(init_method=f"file://{args.init_file}" if args.init_file else None)
     run(args.out / "fixed", config(), parallel)
     try:
         run(args.out / "resumed", config(), parallel, callbacks=[stop_at(6)])

@@ -1,166 +1,265 @@
-"""``g2interp train-sae``: flags from the configs, the run on a tiny model, and a real run on the embedded one."""
+"""One road from corpus to SAE: ``g2interp capture`` -> ``train-sae --store`` -> ``dashboards``, on a tiny model
+folder; training from the store equals training on the fly bit for bit; bad input is named."""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
-from g2interp.sae import JumpReLUSAE, SAETrainingConfig
-from g2interp.sae.cli import build_parser, config_from_args, main
-from g2interp.sae.constants import DELTA_LOSS_RESULTS_FILE, EVAL_RESULTS_FILE, SAE_CFG_FILE
-from g2interp.sae.run import RUN_CONFIG_FILE, TrainSAEConfig, prepare_contexts, train_sae
-from tests.sae.test_sae_evaluate import tiny_model
+from g2interp import cli
+from g2interp.activations import ActivationStore, CaptureConfig, OnTheFlySource, capture
+from g2interp.dashboards.constants import DASHBOARD_MANIFEST_FILE
+from g2interp.sae import SAESpec, SAETrainingConfig, evaluate_on_source, plan_saes, recipe, train_saes
+from g2interp.sae.cli import TrainSAEConfig, build_parser
+from g2interp.sae.constants import DELTA_LOSS_RESULTS_FILE, EVAL_RESULTS_FILE, SAE_CFG_FILE, SAE_WEIGHTS_FILE
+from tests.activations.act_helpers import CORPUS, save_hf_folder, tiny_model
+from tests.tiny import one_thread
 
-FIXTURE_CORPUS = Path(__file__).parents[1] / "fixtures" / "sae_corpus.jsonl"
+HOOK_A, HOOK_B, OTHER = "blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.2.hook_mlp_out"
+CONTEXTS = [
+    "--context-length",
+    "32",
+    "--max-contexts",
+    "40",
+    "--eval-contexts",
+    "8",
+    "--contexts-per-shard",
+    "4",
+]
+TRAINING = [
+    "--d-sae",
+    "64",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "1",
+    "--n-norm-batches",
+    "2",
+    "--delta-loss-contexts",
+    "2",
+]
+COMMON = ["--no-progress", "--device", "cpu", "--threads", "1"]
 
 
-class CharTokenizer:
-    """Characters to ids 3..63 (the tiny model's vocabulary is 64; 0-2 are pad, EOS, BOS)."""
-
-    bos_token_id, eos_token_id, pad_token_id = 2, 1, 0
-
-    def encode_batch(self, texts, prepend_bos=True):
-        return [([2] if prepend_bos else []) + [3 + ord(c) % 61 for c in t] for t in texts]
+@pytest.fixture(autouse=True)
+def single_thread():
+    with one_thread():
+        yield
 
 
-def write_corpus(path: Path, n_docs: int = 40) -> Path:
-    gen = torch.Generator().manual_seed(0)
-    words = ["alpha", "beta", "gamma", "delta", "one", "two", "three", "sea", "sky", "stone"]
-    with open(path, "w") as f:
-        for _ in range(n_docs):
-            idx = torch.randint(0, len(words), (60,), generator=gen).tolist()
-            f.write(json.dumps({"text": " ".join(words[i] for i in idx)}) + "\n")
-    return path
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    return save_hf_folder(tmp_path_factory.mktemp("tiny-hf"))
 
 
-def test_flags_come_from_both_configs():
+@pytest.fixture(scope="module")
+def store(model_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("road") / "S"
+    argv = [
+        "capture",
+        "--model",
+        str(model_folder),
+        "--data",
+        str(CORPUS),
+        "--out",
+        str(out),
+        "--hooks",
+        HOOK_A,
+        HOOK_B,
+    ]
+    with one_thread():
+        assert cli.main([*argv, *CONTEXTS, *COMMON]) == 0
+    return out
+
+
+def _saes(stdout: str) -> list[dict]:
+    return json.loads(stdout[stdout.index("{") :])["saes"]
+
+
+def test_capture_then_train_sae_trains_two_saes_from_one_pass_and_scores_them_on_held_out_contexts(
+    store, tmp_path, capsys, monkeypatch
+):
+    reads: Counter = Counter()
+    read_shard = ActivationStore.read_shard
+
+    def counting(self, hook, index):
+        reads[hook, index] += 1
+        return read_shard(self, hook, index)
+
+    monkeypatch.setattr(ActivationStore, "read_shard", counting)
+    out = tmp_path / "D"
+    capsys.readouterr()
+    argv = ["train-sae", "--store", str(store), "--hook", HOOK_A, "--hook", HOOK_B, "--out", str(out)]
+    assert cli.main([*argv, *TRAINING, *COMMON]) == 0
+    summary = _saes(capsys.readouterr().out)
+    assert [s["hook"] for s in summary] == [HOOK_A, HOOK_B] and all(s["trained"] for s in summary)
+    s = ActivationStore(store)
+    train_shards, eval_shards = set(s.unit_rows("train")), set(s.unit_rows("eval"))
+    # one pass: every training shard of both hooks read once; the held-out shards only by the evaluation
+    for hook in (HOOK_A, HOOK_B):
+        assert {i: reads[hook, i] for i in train_shards} == dict.fromkeys(train_shards, 1)
+        assert {i for (h, i) in reads if h == hook} == train_shards | eval_shards
+
+    from sae_lens import SAE
+
+    for hook, row in zip((HOOK_A, HOOK_B), summary, strict=True):
+        folder = out / hook / "sae_0"
+        assert Path(row["sae"]) == folder
+        loaded = SAE.load_from_disk(str(folder), device="cpu")
+        assert loaded.cfg.d_in == s.d(hook) == 32 and loaded.cfg.d_sae == 64
+        evaluation = json.loads((folder / EVAL_RESULTS_FILE).read_text())
+        delta = json.loads((folder / DELTA_LOSS_RESULTS_FILE).read_text())
+        assert evaluation["split"] == "eval" and evaluation["n_contexts"] == 8 == s.contexts().n_eval
+        assert (
+            evaluation["n_tokens"] == s.n_rows("eval") and evaluation["source_fingerprint"] == s.fingerprint
+        )
+        assert delta["split"] == "eval" and delta["n_contexts"] == 2
+        provenance = json.loads((folder / SAE_CFG_FILE).read_text())["metadata"]["activations"]
+        assert provenance["store"] == str(store.resolve()) and provenance["hook"] == hook
+        assert provenance["fingerprint"] == s.fingerprint and provenance["model"] == s.model_source
+
+        # dashboards find store and model from the SAE's provenance and read the held-out contexts
+        assert cli.main(["dashboards", "--sae", str(folder), "--no-progress", "--threads", "1"]) == 0
+        built = json.loads((folder / "dashboards" / DASHBOARD_MANIFEST_FILE).read_text())
+        assert built["split"] == "eval" and built["n_contexts"] == 8 and built["n_tokens"] == s.n_rows("eval")
+        assert built["activations_fingerprint"] == s.fingerprint
+
+    # a second run finds both finished: nothing trained, nothing read but what it must
+    capsys.readouterr()
+    assert cli.main([*argv, *TRAINING, *COMMON]) == 0
+    assert [r["trained"] for r in _saes(capsys.readouterr().out)] == [False, False]
+
+
+def test_train_sae_on_the_fly_equals_training_from_the_store(store, model_folder, tmp_path):
+    argv = ["train-sae", "--store", str(store), "--hook", HOOK_A, "--out", str(tmp_path / "from-store")]
+    assert cli.main([*argv, *TRAINING, *COMMON]) == 0
+    argv = ["train-sae", "--model", str(model_folder), "--data", str(CORPUS), "--hook", HOOK_A]
+    assert cli.main([*argv, "--out", str(tmp_path / "fly"), *CONTEXTS, *TRAINING, *COMMON]) == 0
+    a, b = (tmp_path / name / HOOK_A / "sae_0" for name in ("from-store", "fly"))
+    assert (a / SAE_WEIGHTS_FILE).read_bytes() == (b / SAE_WEIGHTS_FILE).read_bytes()
+    assert json.loads((a / EVAL_RESULTS_FILE).read_text()) == json.loads((b / EVAL_RESULTS_FILE).read_text())
+
+
+def test_store_and_on_the_fly_sources_train_the_same_sweep_bit_for_bit(tmp_path):
+    model = tiny_model()
+    cfg = CaptureConfig(data=str(CORPUS), hooks=(HOOK_A, HOOK_B), out=str(tmp_path / "s"), context_length=32,
+                        max_contexts=30, eval_contexts=4, contexts_per_shard=3, batch_contexts=2, progress=False)  # fmt: skip
+    capture(model, cfg)
+    store = ActivationStore(cfg.out)
+    fly = OnTheFlySource(
+        model, cfg.contexts_config(), model_source=cfg.model, batch_contexts=cfg.batch_contexts
+    )
+    assert fly.fingerprint == store.fingerprint
+
+    def run(source, out):
+        specs = plan_saes(source, [HOOK_A, HOOK_B], "short-run", d_sae=[32, 64], target_l0=[4, 8], epochs=2,
+                          batch_size=64, n_norm_batches=2, checkpoint_every=3)  # fmt: skip
+        return train_saes(source, specs, out, model=model, progress=False, seed=5)
+
+    stored, live = run(store, tmp_path / "a"), run(fly, tmp_path / "b")
+    assert len(stored) == 8 and stored[1].spec.folder == f"{HOOK_A}/d_sae=32,target_l0=8"
+    for x, y in zip(stored, live, strict=True):
+        assert x.spec == y.spec
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            assert torch.equal(getattr(x.sae, name), getattr(y.sae, name)), (x.spec.folder, name)
+        assert x.evaluation.eval.to_dict() == y.evaluation.eval.to_dict()
+
+
+def test_bad_input_names_the_store_the_hook_and_what_is_valid(store, model_folder, tmp_path, caplog):
+    def refused(*argv: str) -> str:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert cli.main(["train-sae", "--out", str(tmp_path / "x"), *TRAINING, *argv, *COMMON]) == 2
+        return caplog.text
+
+    text = refused("--store", str(store), "--hook", OTHER)
+    assert f"store {store} has no hook {OTHER!r}" in text and repr([HOOK_A, HOOK_B]) in text
+    other_model = save_hf_folder(tmp_path / "other", seed=1)
+    text = refused("--store", str(store), "--model", str(other_model), "--hook", HOOK_A)
+    assert f"store {store} was captured from model" in text and str(other_model) in text
+    text = refused("--store", str(store), "--hook", HOOK_A, "--delta-loss-contexts", "9")
+    assert f"store {store} holds 8 held-out contexts; the evaluation needs at least 9" in text
+    text = refused("--store", str(tmp_path / "nothing"), "--hook", HOOK_A)
+    assert "holds no activation store" in text
+    text = refused("--hook", HOOK_A)
+    assert "give --store STORE, or --data CORPUS" in text
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+
+    # a width that is not the hook's, in training and in evaluation
+    s = ActivationStore(store)
+    bad = SAESpec(
+        HOOK_A, recipe("short-run").config(d_in=16, d_sae=64, total_tokens=1024, hook_name=HOOK_A), HOOK_A
+    )
+    with pytest.raises(ValueError, match=rf"d_in 16 is not the width of {HOOK_A} in store {store}: it is 32"):
+        train_saes(s, [bad], tmp_path / "y")
+    sae = tiny_sae(d_in=32, hook=HOOK_B)  # hook_z of this model is 2 x 16 = 32 wide: fine
+    evaluate_on_source(tiny_model(), sae, s, delta_loss_contexts=1)
+    with pytest.raises(ValueError, match=rf"the SAE reads 48 features; {HOOK_A} of store {store} is 32 wide"):
+        evaluate_on_source(tiny_model(), tiny_sae(d_in=48, hook=HOOK_A), s, delta_loss_contexts=1)
+
+
+def tiny_sae(d_in: int, hook: str):
+    from g2interp.sae import JumpReLUTrainingSAE
+
+    cfg = SAETrainingConfig(d_in=d_in, d_sae=16, total_tokens=64, batch_size=64)
+    return JumpReLUTrainingSAE.initialised(cfg).to_inference(hook_name=hook)
+
+
+def test_flags_come_from_the_configs_and_recipes_fill_the_rest():
     args = build_parser().parse_args(
         [
             "--out",
             "o",
+            "--store",
+            "s",
+            "--hook",
+            "a",
+            "--hook",
+            "b",
+            "c",
             "--d-sae",
             "64",
-            "--total-tokens",
-            "4096",
+            "128",
             "--target-l0",
             "8",
             "--adam-betas",
             "0.5",
             "0.9",
-        ]
+            "--lr",
+            "1e-3",
+        ]  # fmt: skip
     )
-    cfg = config_from_args(args, d_in=32, reshape_hook_z=False, model_name="m")
-    assert isinstance(cfg, TrainSAEConfig) and isinstance(cfg.training, SAETrainingConfig)
-    assert cfg.training.d_in == 32 and cfg.training.d_sae == 64 and cfg.training.target_l0 == 8.0
-    assert cfg.training.adam_betas == (0.5, 0.9) and cfg.training.hook_name == cfg.hook_name
-    assert cfg.training.lr == SAETrainingConfig(d_in=1, d_sae=1, total_tokens=4096).lr  # defaults kept
-    assert cfg.context_length == 1024 and cfg.epochs == 1
+    assert args.hook == ["a", "b", "c"] and args.d_sae == [64, 128] and args.adam_betas == [0.5, 0.9]
+    assert not hasattr(args, "batch_size") and not hasattr(args, "context_length")  # not given: the recipe's
+    help_text = " ".join(build_parser().format_help().split())
+    for flag in (
+        "--store",
+        "--hook",
+        "--recipe",
+        "--l0-controller-rate",
+        "--eval-contexts",
+        "--delta-loss-contexts",
+    ):
+        assert flag in help_text
+    assert "--d-in" not in help_text and "--hook-name" not in help_text
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["--out", "o", "--total-tokens", "4096"])  # --d-sae is required
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--out", "o", "--d-sae", "8", "--total-tokens", "9", "--b-dec-init", "x"])
-    help_text = build_parser().format_help()
+        build_parser().parse_args(["--out", "o", "--store", "s", "--hook", "a", "--recipe", "nope"])
+    with pytest.raises(ValueError, match="not both"):
+        TrainSAEConfig(out="o", hook=("a",), store="s", data="d")
+    short = recipe("short-run").config(d_in=8, total_tokens=4096, lr=1e-2)
     assert (
-        "--l0-controller-rate" in help_text and "--eval-contexts" in help_text and "--d-in" not in help_text
+        short.batch_size == 1024
+        and short.threshold_lr_scale == 3.0
+        and short.lr == 1e-2
+        and short.d_sae == 4096
     )
-
-
-def test_config_validation():
-    training = SAETrainingConfig(d_in=4, d_sae=8, total_tokens=64, batch_size=8, hook_name="blocks.0.hook_z")
-    with pytest.raises(ValueError, match="differs from hook_name"):
-        TrainSAEConfig(out="o", training=training, hook_name="blocks.1.hook_resid_post")
-    with pytest.raises(ValueError, match="epochs must be a positive integer"):
-        TrainSAEConfig(out="o", training=training, hook_name="blocks.0.hook_z", epochs=0)
-    with pytest.raises(ValueError, match="delta_loss_contexts"):
-        TrainSAEConfig(out="o", training=training, hook_name="blocks.0.hook_z", eval_contexts=2)
-
-
-@pytest.mark.parametrize("epochs", [1, 3])
-def test_train_sae_on_a_tiny_model_writes_evaluated_sae_and_resumes(tmp_path, epochs):
-    model = tiny_model()
-    model.tokenizer = CharTokenizer()
-    hook = "blocks.0.hook_resid_post"
-    training = SAETrainingConfig(
-        d_in=32,
-        d_sae=64,
-        total_tokens=128 * 12,
-        batch_size=128,
-        lr=3e-3,
-        lr_warmup_steps=2,
-        target_l0=8.0,
-        l0_coefficient=1e-3,
-        b_dec_init="mean",
-        n_norm_batches=2,
-        checkpoint_every=4,
-        hook_name=hook,
+    assert recipe("gemma-scope").config(d_in=8, total_tokens=4096) == SAETrainingConfig(
+        d_in=8, d_sae=16_384, total_tokens=4096
     )
-    cfg = TrainSAEConfig(
-        out=str(tmp_path / "run"),
-        training=training,
-        hook_name=hook,
-        corpus=str(write_corpus(tmp_path / "corpus.jsonl")),
-        context_length=32,
-        epochs=epochs,
-        batch_contexts=4,
-        buffer_batches=4,
-        eval_contexts=3,
-        delta_loss_contexts=2,
-    )
-    result = train_sae(cfg, model=model, progress=False)
-    sae_dir = tmp_path / "run" / "sae_0"
-    assert result.sae_dir == sae_dir
-    for name in (SAE_CFG_FILE, EVAL_RESULTS_FILE, DELTA_LOSS_RESULTS_FILE):
-        assert (sae_dir / name).is_file()
-    assert json.loads((tmp_path / "run" / RUN_CONFIG_FILE).read_text())["training"]["d_sae"] == 64
-    held_out = prepare_contexts(
-        model.tokenizer, cfg.corpus, context_length=32, eval_contexts=3, seed=cfg.data_seed
-    ).eval
-    assert result.eval.n_tokens == int(((held_out != 2) & (held_out != 1)).sum())  # BOS and EOS left out
-    loaded = JumpReLUSAE.load(sae_dir)
-    assert loaded.cfg.hook_name == hook and loaded.cfg.metadata["training_tokens"] == 128 * 12
-    # running it again resumes from the last checkpoint and trains nothing more
-    again = train_sae(cfg, model=model, progress=False)
-    assert torch.equal(again.sae.W_enc, result.sae.W_enc)
-
-
-@pytest.mark.slow
-def test_train_sae_cli_on_the_embedded_model(tmp_path, capsys):
-    """A short run on real activations: resid_post of layer 6, ~9k distinct tokens replayed 12 times."""
-    out = tmp_path / "l6"
-    target_l0 = 32.0
-    code = main(
-        [
-            "--out", str(out),
-            "--corpus", str(FIXTURE_CORPUS),
-            "--hook-name", "blocks.6.hook_resid_post",
-            "--context-length", "128",
-            "--epochs", "12",
-            "--eval-contexts", "4",
-            "--eval-batch-contexts", "4",
-            "--d-sae", "1024",
-            "--total-tokens", str(200 * 512),
-            "--batch-size", "512",
-            "--lr", "1e-3",
-            "--lr-warmup-steps", "20",
-            "--l0-coefficient", "1e-3",
-            "--target-l0", str(target_l0),
-            "--b-dec-init", "mean",
-            "--n-norm-batches", "4",
-            "--dead-window-steps", "100",
-            "--log-every", "50",
-            "--no-progress",
-        ]
-    )  # fmt: skip
-    assert code == 0
-    summary = json.loads(capsys.readouterr().out)
-    evaluation = json.loads((out / "sae_0" / EVAL_RESULTS_FILE).read_text())
-    delta = json.loads((out / "sae_0" / DELTA_LOSS_RESULTS_FILE).read_text())
-    assert summary["fvu"] == evaluation["fvu"]
-    assert evaluation["fvu"] < 0.5
-    assert target_l0 / 2 <= evaluation["l0"] <= target_l0 * 2
-    assert delta["ce_sae"] < delta["ce_zero"]  # better than ablating the residual stream
-    sae = JumpReLUSAE.load(out / "sae_0")
-    assert sae.cfg.hook_name == "blocks.6.hook_resid_post" and sae.cfg.d_in == 640
+    with pytest.raises(KeyError, match="the recipes are"):
+        recipe("nope")

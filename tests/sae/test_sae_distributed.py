@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from g2interp.distributed import DataParallel, shard_batches
 from g2interp.sae.constants import CHECKPOINT_LATEST_FILE, SAE_WEIGHTS_FILE
-from g2interp.sae.distributed import DataParallel, shard_batches
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 STEPS = 12

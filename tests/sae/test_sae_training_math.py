@@ -62,7 +62,7 @@ def test_estimators_match_saelens():
 
 
 def _sae(threshold: float, seed: int = 0) -> JumpReLUTrainingSAE:
-    cfg = SAETrainingConfig(d_in=24, d_sae=96, total_tokens=128, batch_size=128, seed=seed)
+    cfg = SAETrainingConfig(d_in=24, d_sae=96, total_tokens=128, batch_size=128, init_seed=seed)
     sae = JumpReLUTrainingSAE.initialised(cfg)
     sae.bandwidth = 0.05
     gen = torch.Generator().manual_seed(seed + 1)
