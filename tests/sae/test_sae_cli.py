@@ -211,29 +211,9 @@ def tiny_sae(d_in: int, hook: str):
 
 
 def test_flags_come_from_the_configs_and_recipes_fill_the_rest():
-    args = build_parser().parse_args(
-        [
-            "--out",
-            "o",
-            "--store",
-            "s",
-            "--hook",
-            "a",
-            "--hook",
-            "b",
-            "c",
-            "--d-sae",
-            "64",
-            "128",
-            "--target-l0",
-            "8",
-            "--adam-betas",
-            "0.5",
-            "0.9",
-            "--lr",
-            "1e-3",
-        ]  # fmt: skip
-    )
+    argv = ["--out", "o", "--store", "s", "--hook", "a", "--hook", "b", "c", "--d-sae", "64", "128"]
+    argv += ["--target-l0", "8", "--adam-betas", "0.5", "0.9", "--lr", "1e-3"]
+    args = build_parser().parse_args(argv)
     assert args.hook == ["a", "b", "c"] and args.d_sae == [64, 128] and args.adam_betas == [0.5, 0.9]
     assert not hasattr(args, "batch_size") and not hasattr(args, "context_length")  # not given: the recipe's
     help_text = " ".join(build_parser().format_help().split())
