@@ -47,6 +47,7 @@ from g2interp.dashboards import (
     explain_probe,
     probe_layers,
 )
+from g2interp.sae.constants import EVAL_RESULTS_FILE
 from g2interp.sae.pipeline import EvalConfig, TrainedSAE, evaluate_saes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,9 +158,11 @@ def train(args, store: ActivationStore, hook: str, model, stages: Stages) -> Tra
     else:
         stages.add("train", t0, f"reused {result.folder}")
     t0 = time.perf_counter()
+    earlier = not result.trained and (result.folder / EVAL_RESULTS_FILE).is_file()
     eval_cfg = EvalConfig(delta_loss_contexts=args.delta_loss_contexts)
     (result,) = evaluate_saes(store, [result], model=model, eval_cfg=eval_cfg)
-    stages.add("evaluate", t0, f"{result.evaluation.eval.n_contexts} held-out contexts")
+    note = f"{result.evaluation.eval.n_contexts} held-out contexts"
+    stages.add("evaluate", t0, f"reused the evaluation on {note}" if earlier else note)
     return result
 
 

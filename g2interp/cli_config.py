@@ -127,6 +127,13 @@ def config_from_args(cls: type[C], args: argparse.Namespace | Mapping[str, Any],
     return cls(**{**config_values(cls, args), **fixed})
 
 
+def stage_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of a stage command (defaults shown in ``--help``)."""
+    return argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+
+
 def add_process_arguments(parser: argparse.ArgumentParser) -> None:
     """``--threads`` and ``--log-level``: how the process runs, not what it computes."""
     group = parser.add_argument_group("process")

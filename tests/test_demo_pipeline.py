@@ -32,8 +32,8 @@ def test_demo_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys, caplo
         "--out", str(out),
         "--corpus", str(CORPUS),
         "--train-contexts", "16",
-        "--eval-contexts", "2",
-        "--dashboard-contexts", "8",
+        "--eval-contexts", "4",
+        "--delta-loss-contexts", "2",
         "--d-sae", "256",
         "--batch-size", "256",
         "--epochs", "2",
@@ -52,6 +52,8 @@ def test_demo_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys, caplo
     evaluation = json.loads((sae_dir / EVAL_RESULTS_FILE).read_text())
     delta = json.loads((sae_dir / DELTA_LOSS_RESULTS_FILE).read_text())
     assert evaluation["l0"] > 0 and delta["ce_sae"] < delta["ce_zero"]
+    assert evaluation["split"] == "eval" and evaluation["n_contexts"] == 4 and delta["n_contexts"] == 2
+    assert "trained on" in printed and "distinct tokens" in printed and "held-out (4 contexts" in printed
     assert (sae_dir / "dashboards").is_dir()
     # the summary: the SAE's evaluation, the examples' verdicts, the explanation, and the explorer's URL
     assert f"SAE {sae_dir}" in printed and "loss recovered" in printed
@@ -74,4 +76,4 @@ def test_demo_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys, caplo
         demo.main([*argv[:-4], "--no-serve"])
     again = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage ")]
     reused = {m.split()[1] for m in again if "reused" in m}
-    assert reused == {"capture", "train", "dashboards"}, again
+    assert reused == {"capture", "train", "evaluate", "dashboards"}, again

@@ -13,7 +13,13 @@ from dataclasses import replace
 
 from g2interp.activations.config import EXCLUDABLE, STORE_DTYPES, CaptureConfig
 from g2interp.activations.manifest import StoreError, StoreWriteError
-from g2interp.cli_config import add_config_arguments, add_process_arguments, config_from_args, stage_main
+from g2interp.cli_config import (
+    add_config_arguments,
+    add_process_arguments,
+    config_from_args,
+    stage_main,
+    stage_parser,
+)
 
 logger = logging.getLogger("g2interp.activations.cli")
 
@@ -24,10 +30,9 @@ def split_names(values: Sequence[str]) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="g2interp capture",
-        description="Capture activations of a Gemma model over a corpus into a sharded, resumable store.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = stage_parser(
+        "g2interp capture",
+        "Capture activations of a Gemma model over a corpus into a sharded, resumable store.",
     )
     add_config_arguments(
         parser, CaptureConfig, choices={"exclude": EXCLUDABLE, "dtype": sorted(STORE_DTYPES)}

@@ -19,17 +19,22 @@ from pathlib import Path
 
 from g2interp.activations.corpus import SPLITS
 from g2interp.activations.manifest import StoreError
-from g2interp.cli_config import add_config_arguments, add_process_arguments, config_from_args, stage_main
+from g2interp.cli_config import (
+    add_config_arguments,
+    add_process_arguments,
+    config_from_args,
+    stage_main,
+    stage_parser,
+)
 from g2interp.dashboards.build import DashboardConfig, build_dashboards, dashboards_current, default_folder
 
 logger = logging.getLogger("g2interp.dashboards.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="g2interp dashboards",
-        description="Precompute latent dashboards (top contexts, histograms, densities, logit effects) of an SAE.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = stage_parser(
+        "g2interp dashboards",
+        "Precompute latent dashboards (top contexts, histograms, densities, logit effects) of an SAE.",
     )
     parser.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors)")
     parser.add_argument(

@@ -28,6 +28,7 @@ from g2interp.cli_config import (
     config_from_args,
     config_values,
     stage_main,
+    stage_parser,
 )
 from g2interp.sae.pipeline import EvalConfig
 from g2interp.sae.recipes import RECIPES
@@ -84,10 +85,9 @@ class TrainSAEConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="g2interp train-sae",
-        description="Train JumpReLU SAEs on a Gemma model's activations and evaluate them on held-out contexts.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = stage_parser(
+        "g2interp train-sae",
+        "Train JumpReLU SAEs on a Gemma model's activations and evaluate them on held-out contexts.",
     )
     add_config_arguments(
         parser.add_argument_group("run"), TrainSAEConfig, choices={"recipe": sorted(RECIPES)}
@@ -139,17 +139,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             model_source=cfg.model or EMBEDDED_MODEL,
             batch_contexts=cfg.batch_contexts,
         )
+        sweep = {k: getattr(cfg, k) for k in ("d_sae", "target_l0", "total_tokens", "epochs")}
         overrides = config_values(SAETrainingConfig, _given(args, SAETrainingConfig))
-        specs = plan_saes(
-            source,
-            cfg.hook,
-            cfg.recipe,
-            d_sae=cfg.d_sae,
-            target_l0=cfg.target_l0,
-            total_tokens=cfg.total_tokens,
-            epochs=cfg.epochs,
-            **overrides,
-        )
+        specs = plan_saes(source, cfg.hook, cfg.recipe, **sweep, **overrides)
         if model is None and (parallel is None or parallel.is_main):
             model = load_model(source.model_source, device=device, dtype=cfg.model_dtype)
         results = train_saes(

@@ -29,6 +29,8 @@ class ExplorerWorld(NamedTuple):
 
     model: Path
     """Model folder (config.json, model.safetensors, tokenizer.json)."""
+    store: Path
+    """Activation store of both SAEs' hooks (24 contexts of 32 tokens, 8 held out)."""
     runs: Path
     """Runs folder holding both SAEs."""
     resid_sae: Path
@@ -97,46 +99,39 @@ def save_heads(model, folder: Path) -> Path:
     return folder
 
 
-def evaluate(model, sae, folder: Path) -> None:
-    """eval.json and delta_lm_loss.json beside the SAE, on a few contexts of the small corpus."""
-    from g2interp.activations import pack_corpus
-    from g2interp.sae import delta_lm_loss, evaluate_sae
-
-    contexts = pack_corpus(model.tokenizer, CORPUS, 32, max_contexts=6, seed=1)
-    tokens = contexts.tokens_NL.long()
-    x = model.capture(tokens, [sae.cfg.hook_name])[sae.cfg.hook_name][:, 1:]
-    evaluate_sae(sae, [x.reshape(-1, sae.cfg.d_in)]).save(folder)
-    delta_lm_loss(model, sae, tokens).save(folder)
-
-
 def build_world(root: Path) -> ExplorerWorld:
     """Everything the explorer tests read, under ``root``."""
-    from g2interp import load_model
-    from g2interp.activations import pack_corpus
+    from dataclasses import replace
+
+    from g2interp import ActivationStore, CaptureConfig, capture, evaluate_on_source, load_model
     from g2interp.dashboards import DashboardConfig, build_dashboards, default_folder
 
     root = Path(root)
     with one_thread():
         model_dir = save_model(root / "model")
         model = load_model(model_dir, device="cpu", dtype=torch.float32)
+        cfg = CaptureConfig(data=str(CORPUS), hooks=(RESID_HOOK, MLP_HOOK), out=str(root / "store"), model=str(model_dir),
+                            context_length=32, max_contexts=24, eval_contexts=8, contexts_per_shard=4, progress=False)  # fmt: skip
+        capture(model, cfg)
+        store = ActivationStore(cfg.out)
         runs = root / "runs"
         resid_dir = runs / "tiny" / RESID_HOOK / "sae_0"
         mlp_dir = runs / "tiny" / MLP_HOOK / "sae_0"
+        for hook, folder, seed in ((RESID_HOOK, resid_dir, 0), (MLP_HOOK, mlp_dir, 1)):
+            sae = random_sae(model, hook, seed=seed)
+            sae.cfg = replace(
+                sae.cfg, metadata={"activations": store.provenance(hook)}
+            )  # as train_saes records it
+            sae.save(folder)
+            evaluate_on_source(model, sae, store, delta_loss_contexts=4).save(folder)
         resid = random_sae(model, RESID_HOOK)
-        mlp = random_sae(model, MLP_HOOK, seed=1)
-        resid.save(resid_dir)
-        mlp.save(mlp_dir)
-        for sae, folder in ((resid, resid_dir), (mlp, mlp_dir)):
-            evaluate(model, sae, folder)
-        contexts = pack_corpus(model.tokenizer, CORPUS, 32, max_contexts=24)
-        cfg = DashboardConfig(n_top=8, window=6)
         build_dashboards(
-            model, resid, contexts, default_folder(resid_dir), cfg, source=str(CORPUS), progress=False
+            model, resid, store, default_folder(resid_dir), DashboardConfig(n_top=8, window=6), progress=False
         )
         heads = save_heads(model, root / "heads")
         empty = root / "empty_runs"
         empty.mkdir(exist_ok=True)
-    return ExplorerWorld(model_dir, runs, resid_dir, mlp_dir, heads, empty)
+    return ExplorerWorld(model_dir, store.path, runs, resid_dir, mlp_dir, heads, empty)
 
 
 def environment(world: ExplorerWorld) -> dict[str, str]:

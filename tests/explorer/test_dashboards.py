@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from g2interp.activations import pack_corpus
+from g2interp.activations import ContextsConfig, OnTheFlySource
 from g2interp.dashboards import (
     DashboardConfig,
     Dashboards,
@@ -22,19 +22,27 @@ from g2interp.dashboards import (
     parse_hook,
 )
 from g2interp.dashboards.constants import DASHBOARD_MANIFEST_FILE, DASHBOARDS_DIR
-from g2interp.sae import JumpReLUSAE
+from g2interp.sae import JumpReLUSAE, SAEConfig
 from tests.explorer.helpers import CORPUS, DEAD, MLP_HOOK, RESID_HOOK, random_sae
+
+
+def source_of(model, n: int, length: int, **kw) -> OnTheFlySource:
+    """``n`` contexts of ``length`` tokens of the small corpus, captured on the fly (none held out)."""
+    cfg = dict(
+        data=str(CORPUS), context_length=length, max_contexts=n, eval_contexts=0, exclude=("bos", "pad")
+    )
+    return OnTheFlySource(model, ContextsConfig(**{**cfg, **kw}), batch_contexts=5)
 
 
 @pytest.fixture(scope="module")
 def built(tiny_model, tmp_path_factory):
     """A fresh build (n_top 5, window 3) on 12 contexts of 32 tokens, and what it was built from."""
     sae = random_sae(tiny_model, RESID_HOOK)
-    contexts = pack_corpus(tiny_model.tokenizer, CORPUS, 32, max_contexts=12)
+    source = source_of(tiny_model, 12, 32, contexts_per_shard=5)
     folder = tmp_path_factory.mktemp("dash")
-    cfg = DashboardConfig(n_top=5, window=3, batch_contexts=5, n_logits=4)
-    result = build_dashboards(tiny_model, sae, contexts, folder, cfg, progress=False)
-    return sae, contexts, cfg, result, Dashboards.load(folder)
+    cfg = DashboardConfig(n_top=5, window=3, batch_contexts=2, n_logits=4)
+    result = build_dashboards(tiny_model, sae, source, folder, cfg, split="train", progress=False)
+    return sae, source.contexts(), cfg, result, Dashboards.load(folder)
 
 
 @torch.no_grad()
@@ -134,55 +142,44 @@ def test_current_builds_are_recognised(tiny_model, built):
     assert not dashboards_current(result.folder, other, cfg)
 
 
-def test_contexts_as_a_tensor_and_bad_inputs(tiny_model, tmp_path):
+def test_held_out_split_and_bad_inputs(tiny_model, tmp_path):
     sae = random_sae(tiny_model, RESID_HOOK)
-    ids = pack_corpus(tiny_model.tokenizer, CORPUS, 16, max_contexts=3).tokens_NL.long()
+    source = source_of(tiny_model, 9, 16, eval_contexts=3)
     result = build_dashboards(
-        tiny_model, sae, ids, tmp_path / "d", DashboardConfig(n_top=2, window=2), progress=False
+        tiny_model, sae, source, tmp_path / "d", DashboardConfig(n_top=2, window=2), progress=False
     )
-    assert result.n_tokens == 3 * 15  # BOS left out
-    with pytest.raises(TypeError):
-        build_dashboards(tiny_model, sae, [[1, 2, 3]], tmp_path / "e", progress=False)
+    manifest = Dashboards.load(tmp_path / "d").manifest
+    assert result.n_contexts == 3 and result.n_tokens == source.n_rows("eval") == 3 * 15  # BOS left out
+    assert manifest["split"] == "eval" and manifest["activations_fingerprint"] == source.fingerprint
+    assert dashboards_current(tmp_path / "d", sae, DashboardConfig(n_top=2, window=2), source=source)
+    assert not dashboards_current(
+        tmp_path / "d", sae, DashboardConfig(n_top=2, window=2), source=source, split="train"
+    )
+    with pytest.raises(ValueError, match="holds no eval contexts"):
+        build_dashboards(tiny_model, sae, source_of(tiny_model, 3, 16), tmp_path / "e", progress=False)
+    narrow = JumpReLUSAE(SAEConfig(d_in=7, d_sae=4, hook_name=RESID_HOOK))
+    with pytest.raises(ValueError, match="the SAE reads 7"):
+        build_dashboards(tiny_model, narrow, source, tmp_path / "f", progress=False)
     with pytest.raises(ValueError, match="window"):
         DashboardConfig(window=-1)
-    with pytest.raises(ValueError, match="exclude"):
-        DashboardConfig(exclude=("bos", "cls"))
 
 
 def test_cli_builds_then_keeps_current_dashboards(world, tmp_path, capsys):
     from g2interp.dashboards.cli import main
 
-    args = [
-        "--sae",
-        str(world.resid_sae),
-        "--data",
-        str(CORPUS),
-        "--model",
-        str(world.model),
-        "--out",
-        str(tmp_path / "d"),
-        "--context-length",
-        "24",
-        "--max-contexts",
-        "6",
-        "--n-top",
-        "3",
-        "--window",
-        "2",
-        "--no-progress",
-        "--log-level",
-        "WARNING",
-    ]
+    args = ["--sae", str(world.resid_sae), "--out", str(tmp_path / "d"), "--n-top", "3", "--window", "2"]
+    args += ["--no-progress", "--log-level", "WARNING"]  # store and model come from the SAE's provenance
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)
-    assert first["built"] and first["contexts"] == 6 and first["hook_name"] == RESID_HOOK
+    assert first["built"] and first["contexts"] == 8 and first["hook_name"] == RESID_HOOK
+    assert first["split"] == "eval" and first["source"] == f"store {world.store}"
     assert (tmp_path / "d" / DASHBOARD_MANIFEST_FILE).is_file()
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["built"] is False
     assert main([*args, "--force"]) == 0
     assert json.loads(capsys.readouterr().out)["built"] is True
-    assert main(["--sae", str(tmp_path / "nothing"), "--data", str(CORPUS)]) == 2
-    assert "sae_weights.safetensors" in capsys.readouterr().err
+    assert main(["--sae", str(tmp_path / "nothing")]) == 2
+    assert main([*args[:2], "--store", str(tmp_path / "nothing")]) == 2
 
 
 @torch.no_grad()
@@ -253,7 +250,7 @@ def test_sites_off_the_residual_stream(tiny_model, tmp_path):
     """hook_z latents reach the unembedding through W_O and the post-attention norm; others get none."""
     from g2interp.dashboards.build import residual_directions
 
-    contexts = pack_corpus(tiny_model.tokenizer, CORPUS, 16, max_contexts=3)
+    contexts = source_of(tiny_model, 6, 16, eval_contexts=3)
     z = random_sae(tiny_model, "blocks.1.attn.hook_z", d_sae=16)
     block = tiny_model.blocks[1]
     want = (z.W_dec @ block.attn.o_proj.weight.T) * (1 + block.ln1_post.weight)
