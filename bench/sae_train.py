@@ -10,7 +10,7 @@ the same held-out batch. Two regimes are timed:
 
     python bench/sae_train.py                          # quick synthetic run
     python bench/sae_train.py --activations acts.safetensors --steps 20
-    python bench/sae_train.py --activations runs/demo/stores/blocks.8.hook_resid_post   # a store folder
+    python bench/sae_train.py --activations runs/demo/store   # a store folder
 
 Speeds on a shared CPU vary with the load; compare the ratio, measured in one run.
 """

@@ -96,22 +96,15 @@ def main() -> None:
         store, specs, out / "saes", model=model, eval_cfg=eval_cfg, seed=args.seed, progress=False
     )
 
-    rows = []
-    for r in results:
-        ev, dl = r.evaluation
-        meta = r.sae.cfg.metadata
-        layer, site = parse_hook(r.spec.hook)
-        rows.append(dict(layer=layer, site=site, hook_name=r.spec.hook, d_in=r.spec.training.d_in,
-                         d_sae=r.spec.training.d_sae, l0=ev.l0, fvu=ev.fvu, delta_loss=dl.delta_loss,
-                         fraction_recovered=dl.fraction_recovered, dead_pct=100 * ev.dead_fraction,
-                         train_dead_pct=100 * meta["dead_fraction"], l0_coefficient=meta["l0_coefficient"],
-                         tokens_trained=meta["training_tokens"], eval_tokens=ev.n_tokens))  # fmt: skip
+    rows = [
+        {**r.summary(), **dict(zip(("layer", "site"), parse_hook(r.spec.hook), strict=True))} for r in results
+    ]
     header = "| layer | site | d_in | d_sae | L0 | FVU | Δ loss (nats) | loss recovered | dead % (eval) | dead % (train window) | λ end |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     lines += [
         f"| {r['layer']} | {r['site']} | {r['d_in']} | {r['d_sae']} | {r['l0']:.1f} | {r['fvu']:.3f} | "
-        f"{r['delta_loss']:.3f} | {r['fraction_recovered']:.3f} | {r['dead_pct']:.1f} | "
-        f"{r['train_dead_pct']:.1f} | {r['l0_coefficient']:.2g} |"
+        f"{r['delta_loss']:.3f} | {r['fraction_recovered']:.3f} | {100 * r['dead_fraction']:.1f} | "
+        f"{100 * r['train_dead_fraction']:.1f} | {r['l0_coefficient']:.2g} |"
         for r in sorted(rows, key=lambda r: (r["layer"], r["site"]))
     ]
     total_s = time.perf_counter() - start

@@ -1,4 +1,4 @@
-"""Config dataclasses -> command-line flags, and the shell every stage command runs in.
+"""Config dataclasses: their validation, their command-line flags, and the shell every stage command runs in.
 
 Each stage (``capture``, ``train-sae``, ``dashboards``) is configured by frozen dataclasses with a
 docstring under every field. :func:`add_config_arguments` turns such a class into one flag per field
@@ -16,6 +16,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import os
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +53,33 @@ def field_docs(cls: type) -> dict[str, str]:
     if missing:
         raise TypeError(f"{cls.__name__} fields without a docstring: {missing}")
     return docs
+
+
+def require_ints(cfg: Any, *names: str, minimum: int = 1) -> None:
+    """Each field an int (not a bool) of at least ``minimum``, else ValueError naming it."""
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            kind = "a positive" if minimum == 1 else "a non-negative" if minimum == 0 else f"an >= {minimum}"
+            raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+
+
+def require_strings(cfg: Any, *names: str) -> None:
+    """Each field a non-empty string, else ValueError naming it."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+
+
+def require_positive(cfg: Any, *names: str, allow_zero: bool = False) -> None:
+    """Each field a finite number above 0 (or at least 0), else ValueError naming it."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            raise ValueError(
+                f"{name} must be {'>= 0' if allow_zero else 'positive'} and finite, got {value!r}"
+            )
 
 
 def flag(name: str) -> str:

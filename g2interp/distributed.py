@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -50,17 +50,10 @@ class DataParallel:
             raise ValueError(f"rank {self.rank} is not in a group of {self.world_size}")
 
     @classmethod
-    def from_process_group(cls, group: Any = None) -> DataParallel:
-        """The current process's rank and world size in an initialised process group."""
-        if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError("torch.distributed is not initialised: call init_data_parallel() first")
-        return cls(dist.get_rank(group), dist.get_world_size(group), group)
-
-    @classmethod
-    def current(cls) -> DataParallel:
-        """The initialised default group, else a group of one."""
+    def current(cls, group: Any = None) -> DataParallel:
+        """This process's place in the initialised process group, else in a group of one."""
         if dist.is_available() and dist.is_initialized():
-            return cls.from_process_group()
+            return cls(dist.get_rank(group), dist.get_world_size(group), group)
         return cls()
 
     @property
@@ -150,20 +143,10 @@ def init_data_parallel(
             world_size=world_size,
         )
     logger.info("data-parallel rank %d of %d (%s)", rank, world_size, dist.get_backend())
-    return DataParallel.from_process_group(), device
+    return DataParallel.current(), device
 
 
 def close_data_parallel(parallel: DataParallel | None) -> None:
     """Leave the group :func:`init_data_parallel` joined (nothing without one)."""
     if parallel is not None and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def shard_batches(batches: Iterable[Tensor], parallel: DataParallel | None) -> Iterator[Tensor]:
-    """This rank's rows ``[rank*b:(rank+1)*b]`` of each global batch (b = batch / world_size)."""
-    for batch in batches:
-        if parallel is None or parallel.world_size == 1:
-            yield batch
-            continue
-        local = parallel.local_batch_size(batch.shape[0])
-        yield batch[parallel.rank * local : (parallel.rank + 1) * local]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, NamedTuple, Union
+from typing import NamedTuple, Union
 
 import numpy as np
 import torch
@@ -188,9 +188,6 @@ class ActivationBatches(Iterator):
         if self.drop_last:
             return self.n_rows // self.batch_size
         return -(-self.n_rows // self.batch_size)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"position": self._position, "seed": self.seed, "batch_size": self.batch_size}
 
     def __len__(self) -> int:
         if self.epochs is None:

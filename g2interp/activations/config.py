@@ -3,11 +3,12 @@ capture into a store): everything that defines the activations, validated once."
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
+from g2interp.cli_config import require_ints, require_strings
 from g2interp.constants import EMBEDDED_MODEL
 
 #: Storage dtypes a store accepts, by the name written in its manifest.
@@ -46,23 +47,15 @@ class ContextsConfig:
     """Contexts per shard (a store's file per hook, and the unit batches are shuffled in)."""
 
     def __post_init__(self) -> None:
-        for name in ("data", "text_field"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-        _positive(self, "context_length", "contexts_per_shard")
+        require_strings(self, "data", "text_field")
+        require_ints(self, "context_length", "contexts_per_shard")
+        require_ints(self, "eval_contexts", "seed", minimum=0)
         if self.context_length < 2:
             raise ValueError(
                 f"context_length must be at least 2 (BOS and one token), got {self.context_length}"
             )
         if self.max_contexts is not None:
-            _positive(self, "max_contexts")
-        if (
-            isinstance(self.eval_contexts, bool)
-            or not isinstance(self.eval_contexts, int)
-            or self.eval_contexts < 0
-        ):
-            raise ValueError(f"eval_contexts must be a non-negative integer, got {self.eval_contexts!r}")
+            require_ints(self, "max_contexts")
         if self.max_contexts is not None and self.eval_contexts >= self.max_contexts:
             raise ValueError(
                 f"eval_contexts ({self.eval_contexts}) leaves none of max_contexts ({self.max_contexts}) to train on"
@@ -72,8 +65,6 @@ class ContextsConfig:
         if unknown:
             raise ValueError(f"exclude may hold {EXCLUDABLE}; got unknown {unknown}")
         object.__setattr__(self, "exclude", tuple(sorted(set(exclude), key=EXCLUDABLE.index)))
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
 
     def contexts_identity(self) -> dict[str, Any]:
         """The fields that define the contexts and rows (the corpus path aside: its fingerprint counts)."""
@@ -111,10 +102,7 @@ class CaptureConfig(ContextsConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("out", "model"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        require_strings(self, "out", "model")
         hooks = (self.hooks,) if isinstance(self.hooks, str) else tuple(self.hooks)
         if not hooks or not all(isinstance(h, str) and h for h in hooks):
             raise ValueError(f"hooks must be one or more non-empty hook names, got {self.hooks!r}")
@@ -122,7 +110,7 @@ class CaptureConfig(ContextsConfig):
         if duplicates:
             raise ValueError(f"hooks lists {duplicates} more than once")
         object.__setattr__(self, "hooks", hooks)
-        _positive(self, "batch_contexts", "queue_size")
+        require_ints(self, "batch_contexts", "queue_size")
         if self.dtype not in STORE_DTYPES:
             raise ValueError(f"dtype must be one of {sorted(STORE_DTYPES)}, got {self.dtype!r}")
         if self.model_dtype is not None and self.model_dtype not in (*STORE_DTYPES, "float64"):
@@ -142,17 +130,3 @@ class CaptureConfig(ContextsConfig):
         store is produced, not what it holds.
         """
         return {**self.contexts_identity(), "dtype": self.dtype, "hooks": sorted(self.hooks)}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view."""
-        out = asdict(self)
-        out["hooks"] = list(self.hooks)
-        out["exclude"] = list(self.exclude)
-        return out
-
-
-def _positive(cfg: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -94,17 +94,6 @@ class PackedContexts:
             ]
         return spans
 
-    def subset(self, index: range) -> PackedContexts:
-        """Contexts ``index`` (a range) as their own packing (none of them held out)."""
-        return PackedContexts(
-            self.tokens_NL[index.start : index.stop],
-            self.lengths_N[index.start : index.stop],
-            bos_token_id=self.bos_token_id,
-            eos_token_id=self.eos_token_id,
-            pad_token_id=self.pad_token_id,
-            n_documents=self.n_documents,
-        )
-
     @property
     def context_length(self) -> int:
         return self.tokens_NL.shape[1]

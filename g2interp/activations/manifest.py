@@ -14,8 +14,10 @@ manifest never lists a shard that is not wholly on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -112,7 +114,7 @@ class ShardRecord:
     """A durable shard: which contexts it holds and its file per hook."""
 
     index: int
-    """Shard number; shard i holds contexts [i * contexts_per_shard, (i + 1) * contexts_per_shard)."""
+    """Shard number; shard i holds the contexts of span i of ``PackedContexts.shard_spans``."""
     context_start: int
     """First context in the shard."""
     context_end: int
@@ -125,26 +127,11 @@ class ShardRecord:
     """Per hook: sum over rows of the squared L2 norm (fp64, of the fp32 activations)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "contexts": [self.context_start, self.context_end],
-            "rows": self.rows,
-            "files": {
-                h: {"path": f.path, "sha256": f.sha256, "bytes": f.size} for h, f in self.files.items()
-            },
-            "sum_squared_norm": dict(self.sum_squared_norm),
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ShardRecord:
-        return cls(
-            index=int(obj["index"]),
-            context_start=int(obj["contexts"][0]),
-            context_end=int(obj["contexts"][1]),
-            rows=int(obj["rows"]),
-            files={h: ShardFile(f["path"], f["sha256"], int(f["bytes"])) for h, f in obj["files"].items()},
-            sum_squared_norm={h: float(v) for h, v in obj["sum_squared_norm"].items()},
-        )
+        return cls(**{**obj, "files": {h: ShardFile(**f) for h, f in obj["files"].items()}})
 
 
 @dataclass(frozen=True)
@@ -163,10 +150,7 @@ class HookInfo:
     @property
     def d(self) -> int:
         """Width of a stored row."""
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -236,33 +220,11 @@ class Manifest:
         return replace(self, shards=shards, hooks=hooks, complete=done)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "format": STORE_FORMAT,
-            "version": STORE_VERSION,
-            "complete": self.complete,
-            "identity": dict(self.identity),
-            "model": dict(self.model),
-            "corpus": dict(self.corpus),
-            "context_length": self.context_length,
-            "dtype": self.dtype,
-            "n_contexts": self.n_contexts,
-            "n_shards": self.n_shards,
-            "n_eval": self.n_eval,
-            "fingerprint": self.fingerprint,
-            "rows": self.rows,
-            "hooks": {
-                name: {
-                    "folder": h.folder,
-                    "shape": list(h.shape),
-                    "d": h.d,
-                    "rows": h.rows,
-                    "mean_squared_norm": h.mean_squared_norm,
-                }
-                for name, h in self.hooks.items()
-            },
-            "shards": [s.to_json() for s in self.shards],
-            "extra": dict(self.extra),
-        }
+        """The manifest's fields, its format marker, and (for readers) its rows, fingerprint and hook widths."""
+        out = {"format": STORE_FORMAT, "version": STORE_VERSION, **dataclasses.asdict(self)}
+        for name, info in out["hooks"].items():
+            info["d"] = self.hooks[name].d
+        return {**out, "rows": self.rows, "fingerprint": self.fingerprint}
 
     def to_bytes(self) -> bytes:
         return (json.dumps(self.to_json(), indent=1) + "\n").encode()
@@ -276,23 +238,13 @@ class Manifest:
                 f"store format version {obj.get('version')} is not supported (this reads {STORE_VERSION}): "
                 f"capture it again into a new folder"
             )
-        return cls(
-            identity=obj["identity"],
-            model=obj["model"],
-            corpus=obj["corpus"],
-            hooks={
-                name: HookInfo(h["folder"], tuple(h["shape"]), int(h["rows"]), h["mean_squared_norm"])
-                for name, h in obj["hooks"].items()
-            },
-            context_length=int(obj["context_length"]),
-            dtype=obj["dtype"],
-            n_contexts=int(obj["n_contexts"]),
-            n_shards=int(obj["n_shards"]),
-            n_eval=int(obj["n_eval"]),
-            shards=tuple(ShardRecord.from_json(s) for s in obj["shards"]),
-            complete=bool(obj["complete"]),
-            extra=obj.get("extra", {}),
-        )
+        fields = {k: v for k, v in obj.items() if k not in ("format", "version", "rows", "fingerprint")}
+        hooks = {
+            n: HookInfo(h["folder"], tuple(h["shape"]), h["rows"], h["mean_squared_norm"])
+            for n, h in obj["hooks"].items()
+        }
+        shards = tuple(ShardRecord.from_json(s) for s in obj["shards"])
+        return cls(**{**fields, "hooks": hooks, "shards": shards})
 
     @classmethod
     def read(cls, path: Path) -> Manifest:

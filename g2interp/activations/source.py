@@ -17,7 +17,6 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +33,20 @@ logger = logging.getLogger(__name__)
 
 
 class ActivationSource(ABC):
-    """Rows of hooks over packed contexts split into train and eval (see the module docstring)."""
+    """Rows of hooks over packed contexts split into train and eval (see the module docstring).
 
-    # -------------------------------------------------------------------------------- what it is
-    @property
-    @abstractmethod
-    def name(self) -> str:
-        """How errors name this source (``store runs/s``, ``on-the-fly capture of CORPUS``)."""
+    Attributes every source sets: ``name`` (how errors name it: ``store runs/s``), ``hooks`` (those it can
+    give rows of), ``contexts_config`` (the packing that made its contexts), ``fingerprint`` (sha256 of
+    model, corpus and packing: equal for a store and an on-the-fly source of the same), ``model_source``
+    (the model, as ``load_model`` takes it) and ``model_fingerprint``.
+    """
 
-    @property
-    @abstractmethod
-    def hooks(self) -> list[str]:
-        """Hooks this source can give rows of."""
+    name: str
+    hooks: list[str]
+    contexts_config: ContextsConfig
+    fingerprint: str
+    model_source: str
+    model_fingerprint: str
 
     @abstractmethod
     def hook_shape(self, hook: str) -> tuple[int, ...]:
@@ -54,26 +55,6 @@ class ActivationSource(ABC):
     @abstractmethod
     def contexts(self) -> PackedContexts:
         """The packed contexts the rows index, the last ``n_eval`` held out."""
-
-    @property
-    @abstractmethod
-    def contexts_config(self) -> ContextsConfig:
-        """The packing that made the contexts (a store's, read back from its manifest)."""
-
-    @property
-    @abstractmethod
-    def fingerprint(self) -> str:
-        """sha256 of model, corpus and packing: equal for a store and an on-the-fly source of the same."""
-
-    @property
-    @abstractmethod
-    def model_source(self) -> str:
-        """The model the activations come from, as ``load_model`` takes it."""
-
-    @property
-    @abstractmethod
-    def model_fingerprint(self) -> str:
-        """:func:`~g2interp.activations.capture.model_fingerprint` of that model."""
 
     @abstractmethod
     def unit_rows(self, split: str) -> dict[int, int]:
@@ -196,20 +177,19 @@ class OnTheFlySource(ActivationSource):
         if batch_contexts < 1:
             raise ValueError(f"batch_contexts must be positive, got {batch_contexts}")
         self.model = model
-        self.cfg = cfg.contexts_config()
+        self.contexts_config = self.cfg = cfg.contexts_config()
         self.batch_contexts = batch_contexts
-        self._model_source = model_source or str(model.cfg.architecture)
+        self.name = f"on-the-fly capture of {self.cfg.data}"
+        self.hooks = list(model.hook_names)
+        self.model_source = model_source or str(model.cfg.architecture)
+        self.model_fingerprint = model_fingerprint(model)
+        corpus = corpus_fingerprint(self.cfg.data, self.cfg.text_field)
+        self.fingerprint = activations_fingerprint(
+            self.cfg.contexts_identity(), self.model_fingerprint, corpus
+        )
         self._contexts = prepare_contexts(model.tokenizer, self.cfg) if contexts is None else contexts
         self._spans = self._contexts.shard_spans(self.cfg.contexts_per_shard)
         self._shapes: dict[str, tuple[int, ...]] = {}
-
-    @property
-    def name(self) -> str:
-        return f"on-the-fly capture of {self.cfg.data}"
-
-    @cached_property
-    def hooks(self) -> list[str]:  # type: ignore[override]
-        return list(self.model.hook_names)
 
     def check_hooks(self, hooks: str | Sequence[str]) -> list[str]:
         names = [hooks] if isinstance(hooks, str) else list(hooks)
@@ -223,23 +203,6 @@ class OnTheFlySource(ActivationSource):
 
     def contexts(self) -> PackedContexts:
         return self._contexts
-
-    @property
-    def contexts_config(self) -> ContextsConfig:
-        return self.cfg
-
-    @property
-    def model_source(self) -> str:
-        return self._model_source
-
-    @cached_property
-    def model_fingerprint(self) -> str:  # type: ignore[override]
-        return model_fingerprint(self.model)
-
-    @cached_property
-    def fingerprint(self) -> str:  # type: ignore[override]
-        corpus = corpus_fingerprint(self.cfg.data, self.cfg.text_field)
-        return activations_fingerprint(self.cfg.contexts_identity(), self.model_fingerprint, corpus)
 
     def unit_rows(self, split: str) -> dict[int, int]:
         r = self._contexts.split_range(split)

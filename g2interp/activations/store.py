@@ -54,36 +54,21 @@ class ActivationStore(ActivationSource):
         self._verified: set[str] = set()
         self._lock = threading.Lock()
         self._contexts: PackedContexts | None = None
-
-    @property
-    def name(self) -> str:
-        return f"store {self.path}"
-
-    @property
-    def hooks(self) -> list[str]:
-        return list(self.manifest.hooks)
+        self.name, self.hooks, self.fingerprint = (
+            f"store {self.path}",
+            list(manifest.hooks),
+            manifest.fingerprint,
+        )
+        self.model_source = str(manifest.model.get("source", ""))
+        self.model_fingerprint = str(manifest.model["fingerprint"])
+        known = {f.name for f in fields(ContextsConfig)} - {"data"}
+        packing = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in manifest.identity.items() if k in known
+        }
+        self.contexts_config = ContextsConfig(data=str(manifest.corpus["source"]), **packing)
 
     def hook_shape(self, hook: str) -> tuple[int, ...]:
         return tuple(self._hook(hook).shape)
-
-    @property
-    def fingerprint(self) -> str:
-        return self.manifest.fingerprint
-
-    @property
-    def model_source(self) -> str:
-        return str(self.manifest.model.get("source", ""))
-
-    @property
-    def model_fingerprint(self) -> str:
-        return str(self.manifest.model["fingerprint"])
-
-    @property
-    def contexts_config(self) -> ContextsConfig:
-        identity = self.manifest.identity
-        known = {f.name for f in fields(ContextsConfig)} - {"data"}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in identity.items() if k in known}
-        return ContextsConfig(data=str(self.manifest.corpus["source"]), **values)
 
     def unit_rows(self, split: str) -> dict[int, int]:
         r = self.contexts().split_range(split)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from g2interp.activations.corpus import PackedContexts
 from g2interp.activations.source import ActivationSource
+from g2interp.cli_config import require_ints
 from g2interp.dashboards.constants import (
     DASHBOARD_FORMAT,
     DASHBOARD_MANIFEST_FILE,
@@ -76,12 +77,8 @@ class DashboardConfig:
     """Multiply decoder directions by the final norm's scale ``1 + w`` before the unembedding."""
 
     def __post_init__(self) -> None:
-        for name in ("n_top", "n_logits", "hist_bins_per_decade", "batch_contexts", "latent_chunk"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
-            raise ValueError(f"window must be a non-negative integer, got {self.window!r}")
+        require_ints(self, "n_top", "n_logits", "hist_bins_per_decade", "batch_contexts", "latent_chunk")
+        require_ints(self, "window", minimum=0)
         if not self.hist_min_log10 < self.hist_max_log10:
             raise ValueError(
                 f"hist_min_log10 ({self.hist_min_log10}) must be below hist_max_log10 ({self.hist_max_log10})"

@@ -1,7 +1,7 @@
 """JumpReLU sparse autoencoders (Gemma Scope recipe): model, trainer, recipes, evaluations, and the run
 that trains them from an activation source (``train_saes``, the engine of ``g2interp train-sae``)."""
 
-from g2interp.distributed import DataParallel, init_data_parallel, shard_batches
+from g2interp.distributed import DataParallel, init_data_parallel
 from g2interp.sae.evaluate import (
     DeltaLossResult,
     SAEEvalResult,
@@ -77,7 +77,6 @@ __all__ = [
     "plan_saes",
     "recipe",
     "rectangle",
-    "shard_batches",
     "steer_l0_coefficient",
     "train_saes",
     "train_together",

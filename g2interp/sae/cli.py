@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     finally:
         close_data_parallel(parallel)
-    return {"saes": [_summary(r) for r in results]}
+    return {"saes": [r.summary() for r in results]}
 
 
 def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -164,27 +164,6 @@ def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     fields the run sets itself, and those named like a run field (``data``, ``seed``), are not among them."""
     names = {f.name for f in dataclasses.fields(cls)} - set(_DERIVED) - {"data", "seed"}
     return {k: v for k, v in vars(args).items() if k in names}
-
-
-def _summary(result) -> dict[str, Any]:
-    out = {
-        "sae": str(result.folder),
-        "hook": result.spec.hook,
-        "d_sae": result.spec.training.d_sae,
-        "trained": result.trained,
-    }
-    if result.evaluation is not None:
-        ev, dl = result.evaluation
-        out.update(
-            l0=ev.l0,
-            fvu=ev.fvu,
-            dead_fraction=ev.dead_fraction,
-            eval_tokens=ev.n_tokens,
-            eval_contexts=ev.n_contexts,
-            delta_loss=dl.delta_loss,
-            fraction_recovered=dl.fraction_recovered,
-        )
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,9 +27,37 @@ if TYPE_CHECKING:
     from g2interp.activations.source import ActivationSource
 
 
+class _Result:
+    """A result that writes itself as strict JSON (NaN as null) beside the SAE, and reads itself back."""
+
+    FILE = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}  # type: ignore[arg-type]
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the result's file into ``folder`` (atomically)."""
+        path = Path(folder) / self.FILE
+        atomic_write_text(path, json.dumps(_json_safe(self.to_dict()), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path):
+        """The result a :meth:`save` wrote (null read back as NaN)."""
+        data = json.loads((Path(folder) / cls.FILE).read_text())
+        return cls(
+            **{
+                k: float("nan") if v is None else tuple(v) if isinstance(v, list) else v
+                for k, v in data.items()
+            }
+        )
+
+
 @dataclass(frozen=True)
-class SAEEvalResult:
+class SAEEvalResult(_Result):
     """Reconstruction and sparsity of an SAE on a set of activations."""
+
+    FILE = EVAL_RESULTS_FILE
 
     n_tokens: int
     """Activation vectors evaluated."""
@@ -51,8 +79,8 @@ class SAEEvalResult:
     """log10 firing-frequency bin edges of the histogram (latents that fired at least once)."""
     density_hist_counts: tuple[int, ...]
     """Latents per bin."""
-    feature_density: Tensor = dataclasses.field(repr=False, compare=False)
-    """Firing frequency per latent [d_sae] (not written to JSON)."""
+    feature_density: Tensor | None = dataclasses.field(default=None, repr=False, compare=False)
+    """Firing frequency per latent [d_sae] (not written to JSON, None when read back)."""
     split: str = ""
     """Which split of the source the activations come from (``eval``: held out)."""
     n_contexts: int = 0
@@ -60,22 +88,12 @@ class SAEEvalResult:
     source_fingerprint: str = ""
     """Fingerprint of the activation source (model, corpus, packing)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "feature_density"}
-        out["density_hist_edges"] = list(self.density_hist_edges)
-        out["density_hist_counts"] = list(self.density_hist_counts)
-        return out
-
-    def save(self, folder: str | Path) -> Path:
-        """Write ``eval.json`` into ``folder`` (atomically)."""
-        path = Path(folder) / EVAL_RESULTS_FILE
-        atomic_write_text(path, json.dumps(_json_safe(self.to_dict()), indent=2) + "\n")
-        return path
-
 
 @dataclass(frozen=True)
-class DeltaLossResult:
+class DeltaLossResult(_Result):
     """Next-token cross-entropy with the SAE's reconstruction spliced in at its hook."""
+
+    FILE = DELTA_LOSS_RESULTS_FILE
 
     hook_name: str
     """Where the activation was replaced."""
@@ -96,15 +114,6 @@ class DeltaLossResult:
     """Contexts scored."""
     split: str = ""
     """Which split of the source they come from."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def save(self, folder: str | Path) -> Path:
-        """Write ``delta_lm_loss.json`` into ``folder`` (atomically)."""
-        path = Path(folder) / DELTA_LOSS_RESULTS_FILE
-        atomic_write_text(path, json.dumps(_json_safe(self.to_dict()), indent=2) + "\n")
-        return path
 
 
 @torch.no_grad()
@@ -224,38 +233,26 @@ def delta_lm_loss(
 
         return hook
 
-    sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
-    n_tokens = 0
-    step = batch_size or tokens.shape[0]
-    for start in range(0, tokens.shape[0], step):
-        rows = slice(start, start + step)
-        tokens_bq, mask_bq = tokens[rows], mask_BQ[rows]
-        kwargs = {} if attention_mask is None else {"attention_mask": attention_mask[rows]}
-        runs = {
-            "sae": [(hook_name, replace_with(lambda a: sae.decode(sae.encode(a)), splice_BQ[rows]))],
-            "zero": [(hook_name, replace_with(torch.zeros_like, splice_BQ[rows]))],
-        }
-        if ce_clean is None:
-            nll, n = _next_token_nll(model(tokens_bq, **kwargs), tokens_bq, mask_bq)
-            sums["clean"] += nll
-        for name, hooks in runs.items():
-            nll, n = _next_token_nll(
-                model.run_with_hooks(tokens_bq, fwd_hooks=hooks, **kwargs), tokens_bq, mask_bq
-            )
-            sums[name] += nll
-        n_tokens += n
-    if n_tokens == 0:
-        raise ValueError("no next-token pairs of real tokens to score")
-    clean = sums["clean"] / n_tokens if ce_clean is None else ce_clean
-    ce_sae, ce_zero = sums["sae"] / n_tokens, sums["zero"] / n_tokens
-    gap = ce_zero - clean
+    def run(fn: Any) -> float:
+        return _mean_nll(
+            model,
+            tokens,
+            attention_mask,
+            batch_size,
+            lambda rows: [(hook_name, replace_with(fn, splice_BQ[rows]))],
+        )
+
+    if ce_clean is None:
+        ce_clean = next_token_loss(model, tokens, attention_mask=attention_mask, batch_size=batch_size)
+    ce_sae, ce_zero = run(lambda a: sae.decode(sae.encode(a))), run(torch.zeros_like)
+    gap = ce_zero - ce_clean
     return DeltaLossResult(
         hook_name=hook_name,
-        n_tokens=n_tokens,
-        ce_clean=clean,
+        n_tokens=_pairs(attention_mask, tokens),
+        ce_clean=ce_clean,
         ce_sae=ce_sae,
         ce_zero=ce_zero,
-        delta_loss=ce_sae - clean,
+        delta_loss=ce_sae - ce_clean,
         fraction_recovered=(ce_zero - ce_sae) / gap if gap != 0 else float("nan"),
     )
 
@@ -270,13 +267,31 @@ def next_token_loss(
 ) -> float:
     """Mean next-token cross-entropy of the unmodified model over pairs of real tokens."""
     _check_tokens(tokens)
+    return _mean_nll(model, tokens, attention_mask, batch_size, None)
+
+
+def _pairs(attention_mask: Tensor | None, tokens: Tensor) -> int:
+    """Next-token pairs whose input and target are both real tokens."""
+    mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    return int((mask[:, 1:] & mask[:, :-1]).sum())
+
+
+def _mean_nll(
+    model: HookableLM, tokens: Tensor, attention_mask: Tensor | None, batch_size: int | None, hooks: Any
+) -> float:
+    """Mean next-token NLL over real pairs, ``batch_size`` rows a pass; ``hooks(rows)`` gives each pass's
+    forward hooks (None: the unmodified model)."""
     mask_BQ = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     total, n_tokens = 0.0, 0
     step = batch_size or tokens.shape[0]
     for start in range(0, tokens.shape[0], step):
         rows = slice(start, start + step)
         kwargs = {} if attention_mask is None else {"attention_mask": attention_mask[rows]}
-        nll, n = _next_token_nll(model(tokens[rows], **kwargs), tokens[rows], mask_BQ[rows])
+        if hooks is None:
+            logits = model(tokens[rows], **kwargs)
+        else:
+            logits = model.run_with_hooks(tokens[rows], fwd_hooks=hooks(rows), **kwargs)
+        nll, n = _next_token_nll(logits, tokens[rows], mask_BQ[rows])
         total, n_tokens = total + nll, n_tokens + n
     if n_tokens == 0:
         raise ValueError("no next-token pairs of real tokens to score")
@@ -297,21 +312,6 @@ class SAEEvaluation(NamedTuple):
         self.delta_loss.save(folder)
 
 
-def held_out_tokens(
-    source: ActivationSource, n: int | None, split: str = "eval"
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    """(token ids, attention mask or None, positions that count) of the first ``n`` contexts of ``split``."""
-    contexts = source.contexts()
-    r = contexts.split_range(split)
-    stop = r.stop if n is None else min(r.stop, r.start + n)
-    tokens = contexts.tokens_NL[r.start : stop].long()
-    return (
-        tokens,
-        contexts.attention_mask(r.start, stop),
-        contexts.keep_mask(r.start, stop, source.contexts_config.exclude),
-    )
-
-
 @torch.no_grad()
 def evaluate_on_source(
     model: HookableLM,
@@ -324,8 +324,8 @@ def evaluate_on_source(
     ce_clean: float | None = None,
 ) -> SAEEvaluation:
     """:func:`evaluate_sae` on every row of ``split`` and :func:`delta_lm_loss` on its first
-    ``delta_loss_contexts`` contexts, splicing only positions the source keeps (``ce_clean`` from
-    :func:`next_token_loss` on those same contexts skips the clean runs)."""
+    ``delta_loss_contexts`` contexts, splicing only positions the source keeps (``ce_clean`` of an
+    earlier SAE's evaluation on the same source skips the clean runs)."""
     hook = sae.cfg.hook_name
     if not hook:
         raise ValueError("the SAE names no hook (cfg.hook_name is empty): cannot tell what to evaluate it on")
@@ -335,41 +335,22 @@ def evaluate_on_source(
             f"the SAE reads {sae.cfg.d_in} features; {hook} of {source.name} is {source.d(hook)} wide"
         )
     source.check_eval_contexts(max(1, delta_loss_contexts) if split == "eval" else 0)
-    device = sae.W_enc.device
-    rows = (r.activations[hook].to(device) for r in source.iter_rows(hook, split))
-    contexts = source.contexts()
-    result = replace(
-        evaluate_sae(sae, rows),
-        split=split,
-        n_contexts=len(contexts.split_range(split)),
-        source_fingerprint=source.fingerprint,
-    )
-    tokens, mask, keep = held_out_tokens(source, delta_loss_contexts, split)
-    device = getattr(model, "device", device)
+    rows = (r.activations[hook].to(sae.W_enc.device) for r in source.iter_rows(hook, split))
+    contexts, r = source.contexts(), source.contexts().split_range(split)
+    result = evaluate_sae(sae, rows)
+    result = replace(result, split=split, n_contexts=len(r), source_fingerprint=source.fingerprint)
+    start, stop = r.start, min(r.stop, r.start + delta_loss_contexts)
+    device, mask = getattr(model, "device", "cpu"), contexts.attention_mask(start, stop)
     delta = delta_lm_loss(
         model,
         sae,
-        tokens.to(device),
+        contexts.tokens_NL[start:stop].long().to(device),
         attention_mask=None if mask is None else mask.to(device),
-        splice_mask=keep.to(device),
+        splice_mask=contexts.keep_mask(start, stop, source.contexts_config.exclude).to(device),
         batch_size=eval_batch_contexts,
         ce_clean=ce_clean,
     )
-    return SAEEvaluation(result, replace(delta, n_contexts=tokens.shape[0], split=split))
-
-
-def clean_loss_on_source(
-    model: HookableLM, source: ActivationSource, n: int, *, batch_size: int = 1
-) -> float:
-    """:func:`next_token_loss` on the first ``n`` held-out contexts (shared by every SAE scored on them)."""
-    tokens, mask, _ = held_out_tokens(source, n)
-    device = getattr(model, "device", "cpu")
-    return next_token_loss(
-        model,
-        tokens.to(device),
-        attention_mask=None if mask is None else mask.to(device),
-        batch_size=batch_size,
-    )
+    return SAEEvaluation(result, replace(delta, n_contexts=stop - start, split=split))
 
 
 def _check_tokens(tokens: Tensor) -> None:

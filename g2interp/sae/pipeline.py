@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from g2interp.activations.source import ActivationSource
+from g2interp.cli_config import require_ints
 from g2interp.distributed import DataParallel
 from g2interp.files import atomic_write_text
-from g2interp.sae.constants import DELTA_LOSS_RESULTS_FILE, EVAL_RESULTS_FILE, FINAL_SAE_DIR_TEMPLATE
-from g2interp.sae.evaluate import SAEEvaluation, clean_loss_on_source, evaluate_on_source
+from g2interp.sae.constants import FINAL_SAE_DIR_TEMPLATE
+from g2interp.sae.evaluate import SAEEvaluation, evaluate_on_source
 from g2interp.sae.recipes import Recipe, recipe
 from g2interp.sae.sae import JumpReLUSAE
 from g2interp.sae.trainer import SAETrainer, train_together
@@ -66,10 +67,7 @@ class EvalConfig:
     """Contexts per forward pass of the delta-loss evaluation (its logits are contexts x length x vocab)."""
 
     def __post_init__(self) -> None:
-        for name in ("delta_loss_contexts", "eval_batch_contexts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        require_ints(self, "delta_loss_contexts", "eval_batch_contexts")
 
 
 class TrainedSAE(NamedTuple):
@@ -85,6 +83,18 @@ class TrainedSAE(NamedTuple):
     """Its held-out evaluation (None on ranks other than 0)."""
     trained: bool
     """False when an earlier run had already finished it (nothing was trained)."""
+
+    def summary(self) -> dict[str, Any]:
+        """One JSON-ready row: where, what, and (when evaluated) the held-out numbers."""
+        meta = self.sae.cfg.metadata
+        out = {"sae": str(self.folder), "hook": self.spec.hook, "d_in": self.sae.cfg.d_in, "d_sae": self.sae.cfg.d_sae,
+               "trained": self.trained, "training_tokens": meta.get("training_tokens"),
+               "train_dead_fraction": meta.get("dead_fraction"), "l0_coefficient": meta.get("l0_coefficient")}  # fmt: skip
+        if self.evaluation is not None:
+            ev, dl = self.evaluation
+            out.update(l0=ev.l0, fvu=ev.fvu, dead_fraction=ev.dead_fraction, eval_tokens=ev.n_tokens,
+                       eval_contexts=ev.n_contexts, delta_loss=dl.delta_loss, fraction_recovered=dl.fraction_recovered)  # fmt: skip
+        return out
 
 
 def plan_saes(
@@ -229,8 +239,6 @@ def evaluate_saes(
         if evaluation is None:
             if model is None:
                 model = _load_model(source)
-            if ce_clean is None:
-                ce_clean = clean_loss_on_source(model, source, eval_cfg.delta_loss_contexts)
             evaluation = evaluate_on_source(
                 model,
                 result.sae.to(getattr(model, "device", "cpu")),
@@ -240,6 +248,7 @@ def evaluate_saes(
                 ce_clean=ce_clean,
             )
             evaluation.save(result.folder)
+            ce_clean = evaluation.delta_loss.ce_clean  # the same contexts for every SAE: clean runs once
         _log_evaluation(result.spec, evaluation)
         out.append(result._replace(evaluation=evaluation))
     return out
@@ -272,7 +281,9 @@ def open_sae_source(
     if folder and Path(folder).is_dir():
         return open_sae_source(sae, store=folder)
     if model is None:
-        model = _load_model_named(record["model"])
+        from g2interp.loading import load_model
+
+        model = load_model(record["model"])
     contexts = ContextsConfig(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in record["contexts"].items()}
     )
@@ -281,19 +292,11 @@ def open_sae_source(
     return source
 
 
-def _load_model_named(name: str) -> Any:
-    from g2interp.loading import load_model
-
-    return load_model(name)
-
-
 def _load_model(source: ActivationSource) -> Any:
-    model = getattr(source, "model", None)
-    if model is not None:
-        return model
+    """The source's model: its own when it runs one, else loaded from its provenance and checked."""
     from g2interp.loading import load_model
 
-    model = load_model(source.model_source)
+    model = getattr(source, "model", None) or load_model(source.model_source)
     source.check_model(model, source.model_source)
     return model
 
@@ -303,18 +306,10 @@ def _read_evaluation(folder: Path, source: ActivationSource) -> SAEEvaluation | 
     from g2interp.sae.evaluate import DeltaLossResult, SAEEvalResult
 
     try:
-        ev = json.loads((folder / EVAL_RESULTS_FILE).read_text())
-        dl = json.loads((folder / DELTA_LOSS_RESULTS_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+        evaluation = SAEEvaluation(SAEEvalResult.load(folder), DeltaLossResult.load(folder))
+    except (OSError, ValueError, TypeError):
         return None
-    if ev.get("source_fingerprint") != source.fingerprint:
-        return None
-    ev["density_hist_edges"] = tuple(ev["density_hist_edges"])
-    ev["density_hist_counts"] = tuple(ev["density_hist_counts"])
-    nan = float("nan")
-    ev = {k: nan if v is None else v for k, v in ev.items()}
-    dl = {k: nan if v is None else v for k, v in dl.items()}
-    return SAEEvaluation(SAEEvalResult(feature_density=None, **ev), DeltaLossResult(**dl))  # type: ignore[arg-type]
+    return evaluation if evaluation.eval.source_fingerprint == source.fingerprint else None
 
 
 def _log_evaluation(spec: SAESpec, evaluation: SAEEvaluation) -> None:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
+from g2interp.cli_config import require_ints
 from g2interp.files import atomic_write_bytes, atomic_write_text
 from g2interp.sae.constants import (
     GEMMA_SCOPE_PARAMS_FILE,
@@ -93,10 +94,7 @@ class SAEConfig:
     """Extra JSON-serialisable facts written to ``metadata`` in cfg.json (training settings, L0, ...)."""
 
     def __post_init__(self) -> None:
-        for name in ("d_in", "d_sae"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        require_ints(self, "d_in", "d_sae")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.hook_name, str) or not isinstance(self.model_name, str):

@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from g2interp.cli_config import require_ints, require_positive
 from g2interp.sae.sae import JumpReLUSAE, SAEConfig
 from g2interp.sae.ste import jumprelu, step
 
@@ -105,36 +106,24 @@ class SAETrainingConfig:
     """Model the activations come from (recorded in the saved SAEs)."""
 
     def __post_init__(self) -> None:
-        for name in (
-            "d_in",
-            "d_sae",
-            "total_tokens",
-            "batch_size",
-            "n_norm_batches",
-            "dead_window_steps",
-            "log_every",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("lr_warmup_steps", "lr_decay_steps", "l0_warmup_steps", "checkpoint_every", "init_seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        if not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}")
+        require_ints(
+            self, "d_in", "d_sae", "total_tokens", "batch_size", "n_norm_batches", "dead_window_steps"
+        )
+        require_ints(self, "log_every", "keep_checkpoints")
+        require_ints(
+            self, "lr_warmup_steps", "lr_decay_steps", "l0_warmup_steps", "checkpoint_every", minimum=0
+        )
+        require_ints(self, "init_seed", minimum=0)
         if self.total_tokens < self.batch_size:
             raise ValueError(f"total_tokens ({self.total_tokens}) is less than one batch ({self.batch_size})")
         if self.lr_decay_steps > self.total_steps:
             raise ValueError(
                 f"lr_decay_steps ({self.lr_decay_steps}) exceeds the run's {self.total_steps} steps"
             )
-        for name in ("lr", "adam_eps", "bandwidth", "threshold_init"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be positive and finite, got {value!r}")
-        if not math.isfinite(self.l0_coefficient) or self.l0_coefficient < 0:
-            raise ValueError(f"l0_coefficient must be >= 0, got {self.l0_coefficient!r}")
+        require_positive(
+            self, "lr", "adam_eps", "bandwidth", "threshold_init", "l0_controller_rate", "threshold_lr_scale"
+        )
+        require_positive(self, "l0_coefficient", allow_zero=True)
         if not 0 < self.lr_warmup_start <= 1:
             raise ValueError(f"lr_warmup_start must lie in (0, 1], got {self.lr_warmup_start!r}")
         betas = tuple(float(b) for b in self.adam_betas)
@@ -145,12 +134,8 @@ class SAETrainingConfig:
             raise ValueError(f"sparse_below must lie in [0, 1], got {self.sparse_below!r}")
         if not math.isfinite(self.target_l0) or not 0 <= self.target_l0 <= self.d_sae:
             raise ValueError(f"target_l0 must lie in [0, d_sae={self.d_sae}], got {self.target_l0!r}")
-        if not math.isfinite(self.l0_controller_rate) or self.l0_controller_rate <= 0:
-            raise ValueError(f"l0_controller_rate must be positive, got {self.l0_controller_rate!r}")
         if self.target_l0 > 0 and self.l0_coefficient <= 0:
             raise ValueError("target_l0 steers λ multiplicatively: l0_coefficient (its start) must be > 0")
-        if not math.isfinite(self.threshold_lr_scale) or self.threshold_lr_scale <= 0:
-            raise ValueError(f"threshold_lr_scale must be positive, got {self.threshold_lr_scale!r}")
         if self.b_dec_init not in B_DEC_INITS:
             raise ValueError(f"b_dec_init must be one of {B_DEC_INITS}, got {self.b_dec_init!r}")
 

@@ -21,10 +21,20 @@ from pathlib import Path
 
 import torch
 
-from g2interp.distributed import DataParallel, init_data_parallel, shard_batches
+from g2interp.distributed import DataParallel, init_data_parallel
 from g2interp.sae import JumpReLUTrainingSAE, NonFiniteError, SAETrainer, SAETrainingConfig
 
 D_IN, D_SAE, BATCH, STEPS = 16, 64, 64, 12
+
+
+def shard_batches(batches, parallel: DataParallel | None):
+    """This rank's rows ``[rank*b:(rank+1)*b]`` of each global batch (b = batch / world_size)."""
+    for batch in batches:
+        if parallel is None or parallel.world_size == 1:
+            yield batch
+            continue
+        local = parallel.local_batch_size(batch.shape[0])
+        yield batch[parallel.rank * local : (parallel.rank + 1) * local]
 
 
 def config(**overrides) -> SAETrainingConfig:

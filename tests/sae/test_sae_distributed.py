@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from g2interp.distributed import DataParallel, shard_batches
+from g2interp.distributed import DataParallel
 from g2interp.sae.constants import CHECKPOINT_LATEST_FILE, SAE_WEIGHTS_FILE
+from tests.sae.ddp_worker import shard_batches
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 STEPS = 12
