@@ -79,8 +79,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--d-sae", type=int, default=2048)
     p.add_argument("--epochs", type=int, default=1, help="passes over the captured training activations")
     p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--target-l0", type=float, default=32.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-serve", action="store_true", help="do not start the explorer")
@@ -122,17 +120,12 @@ def load_moderator(model):
 
 
 def choose_layer(requested: str, moderator) -> int:
+    """``--layer``, or the layer most of the shipped probe heads read (so the explanation works)."""
     if requested != "auto":
         return int(requested)
     heads = getattr(moderator, "heads", None)
-    if heads is not None:
-        counts = {}
-        for name in heads.heads:
-            for layer in probe_layers(moderator, name):
-                counts[layer] = counts.get(layer, 0) + 1
-        if counts:
-            return max(sorted(counts), key=lambda x: counts[x])
-    return DEFAULT_LAYER
+    layers = [layer for name in (heads.heads if heads else ()) for layer in probe_layers(moderator, name)]
+    return max(sorted(set(layers)), key=layers.count) if layers else DEFAULT_LAYER
 
 
 def train(args, store: ActivationStore, hook: str, model, stages: Stages) -> TrainedSAE:
@@ -143,10 +136,10 @@ def train(args, store: ActivationStore, hook: str, model, stages: Stages) -> Tra
         hook,
         "short-run",
         d_sae=[args.d_sae],
-        target_l0=[args.target_l0],
+        target_l0=[32.0],
         epochs=args.epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=1e-3,
         threshold_lr_scale=1.0,
         checkpoint_every=50,
         log_every=25,

@@ -1,17 +1,10 @@
-"""Data parallelism over ``torch.distributed`` (gloo on CPU, NCCL on CUDA), for capture and SAE training.
+"""Data parallelism over ``torch.distributed`` (gloo on CPU, NCCL on CUDA), one helper for capture and training.
 
-One helper for every stage: :func:`init_data_parallel` joins the group torchrun describes and picks this
-rank's device; :class:`DataParallel` says where this process stands and carries the few collectives the
-stages need (sums for gradients and statistics, rank 0 running something for all, every rank failing
-when one has).
-
-SAE training: every rank holds a full copy of the SAEs and trains on its own ``batch_size // world_size``
-rows of each step; the trainer sums per-rank gradients of the mean loss over local rows and divides by
-the number of ranks, so ``N`` ranks step as one process fed the concatenated batch would, up to float
-rounding. Capture: ranks split the missing shards round-robin; rank 0 merges their journals.
-
-Launch with ``torchrun --nproc_per_node N ...``. Output folders must be visible to every rank (one node,
-or a shared file system).
+:func:`init_data_parallel` joins the group torchrun describes and picks this rank's device;
+:class:`DataParallel` says where this process stands and carries the collectives the stages need.
+Training: each rank trains on its ``batch_size // world_size`` rows and gradients are averaged, so ``N``
+ranks step as one process fed the whole batch would (up to float rounding). Capture: ranks split the
+missing shards round-robin and rank 0 merges their journals. Output folders must be visible to every rank.
 """
 
 from __future__ import annotations
@@ -19,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import torch
@@ -44,6 +37,8 @@ class DataParallel:
     """Number of processes."""
     group: Any = None
     """The ``torch.distributed`` process group (None: the default group)."""
+    device: str | None = None
+    """This rank's device (``cuda:LOCAL_RANK`` on CUDA); None: the default."""
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -118,17 +113,16 @@ class DataParallel:
 
 def init_data_parallel(
     init_method: str | None = None, backend: str | None = None, device: str | None = None
-) -> tuple[DataParallel | None, str | None]:
+) -> DataParallel:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
 
-    Returns ``(group, device)``: the group is None when the process was not started by a launcher with
-    ``WORLD_SIZE > 1``, and ``device`` is then returned unchanged. In a group the backend is NCCL when
-    this rank runs on CUDA (taking GPU ``LOCAL_RANK``), else gloo. ``init_method`` (e.g.
-    ``file:///tmp/rendezvous``) replaces torchrun's ``MASTER_ADDR``/``MASTER_PORT`` rendezvous.
+    A process not started by a launcher with ``WORLD_SIZE > 1`` is rank 0 of 1 on ``device``. In a group
+    the backend is NCCL when this rank runs on CUDA (taking GPU ``LOCAL_RANK``), else gloo;
+    ``init_method`` (e.g. ``file:///tmp/rendezvous``) replaces torchrun's rendezvous.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return None, device
+        return DataParallel(device=device)
     rank = int(os.environ["RANK"])
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if cuda:
@@ -143,10 +137,10 @@ def init_data_parallel(
             world_size=world_size,
         )
     logger.info("data-parallel rank %d of %d (%s)", rank, world_size, dist.get_backend())
-    return DataParallel.current(), device
+    return replace(DataParallel.current(), device=device)
 
 
 def close_data_parallel(parallel: DataParallel | None) -> None:
-    """Leave the group :func:`init_data_parallel` joined (nothing without one)."""
-    if parallel is not None and dist.is_initialized():
+    """Leave the group :func:`init_data_parallel` joined (nothing for a group of one)."""
+    if parallel is not None and parallel.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()

@@ -10,7 +10,6 @@ shards (a folder per hook) with a JSON manifest. ``ActivationStore(path)`` reads
 
 from g2interp.activations.batches import ActivationBatches, IndexedBatch, Rows, plan_epoch
 from g2interp.activations.capture import (
-    CapturedRows,
     CaptureResult,
     capture,
     compute_shard,
@@ -41,7 +40,7 @@ from g2interp.activations.manifest import (
     StoreWriteError,
     activations_fingerprint,
 )
-from g2interp.activations.source import ActivationSource, OnTheFlySource, open_store_or_capture
+from g2interp.activations.source import ActivationSource, OnTheFlySource
 from g2interp.activations.store import ActivationStore
 
 __all__ = [
@@ -50,7 +49,6 @@ __all__ = [
     "ActivationStore",
     "CaptureConfig",
     "CaptureResult",
-    "CapturedRows",
     "ContextsConfig",
     "CorpusError",
     "HookInfo",
@@ -74,7 +72,6 @@ __all__ = [
     "iter_captured_rows",
     "model_fingerprint",
     "open_or_create_store",
-    "open_store_or_capture",
     "pack_corpus",
     "pack_texts",
     "plan_epoch",

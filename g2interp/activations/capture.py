@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from g2interp.activations.batches import Rows
 from g2interp.activations.config import CaptureConfig
 from g2interp.activations.corpus import PackedContexts, corpus_files, corpus_fingerprint, prepare_contexts
 from g2interp.activations.manifest import (
@@ -55,21 +55,6 @@ from g2interp.model.gemma import HookedGemma
 
 logger = logging.getLogger(__name__)
 _FP16_MAX = 65504.0
-
-
-class CapturedRows(NamedTuple):
-    """Kept rows of one batch of contexts."""
-
-    activations: dict[str, Float[Tensor, "rows d"]]
-    """Per hook: activations of the kept positions, flattened per token, in the model's dtype and device."""
-    tokens: Int[Tensor, " rows"]
-    """Token id of each row (int32, CPU)."""
-    contexts: Int[Tensor, " rows"]
-    """Context index of each row (int32, CPU)."""
-    positions: Int[Tensor, " rows"]
-    """Position of each row in its context (int32, CPU)."""
-    n_tokens: int
-    """Real tokens the batch ran through the model (padding excluded, kept or not)."""
 
 
 class CaptureResult(NamedTuple):
@@ -103,8 +88,10 @@ def iter_captured_rows(
     end: int | None = None,
     batch_contexts: int = 8,
     exclude: Sequence[str] = ("bos", "eos", "pad"),
-) -> Iterator[CapturedRows]:
-    """Run contexts ``start:end`` in batches, one forward each (stopping at the deepest hook's block)."""
+) -> Iterator[Rows]:
+    """Run contexts ``start:end`` in batches, one forward each (stopping at the deepest hook's block); per
+    batch, the kept rows (activations flattened per token, in the model's dtype and device; token id,
+    context and position of each row as int32 on the CPU)."""
     end = len(contexts) if end is None else end
     device = model.device
     position_Q = torch.arange(contexts.context_length, dtype=torch.int32)
@@ -120,13 +107,7 @@ def iter_captured_rows(
         B, Q = tokens_BQ.shape
         acts = {h: cache[h].reshape(B, Q, -1)[keep_dev_BQ] for h in hooks}
         context_BQ = torch.arange(s, e, dtype=torch.int32)[:, None].expand(B, Q)
-        yield CapturedRows(
-            acts,
-            tokens_BQ[keep_BQ],
-            context_BQ[keep_BQ],
-            position_Q[None].expand(B, Q)[keep_BQ],
-            int(contexts.lengths_N[s:e].sum()),
-        )
+        yield Rows(acts, tokens_BQ[keep_BQ], context_BQ[keep_BQ], position_Q[None].expand(B, Q)[keep_BQ])
 
 
 def hook_shapes(model: HookedGemma, hooks: Sequence[str]) -> dict[str, tuple[int, ...]]:
@@ -171,7 +152,7 @@ def compute_shard(
     hooks: Sequence[str],
     index: int,
     cfg: CaptureConfig,
-    on_batch: Callable[[int], None] = lambda n_tokens: None,
+    on_tokens: Callable[[int], None] = lambda n_tokens: None,
 ) -> PendingShard:
     """Rows of shard ``index`` for every hook, cast to the storage dtype, with their squared-norm sums."""
     start, end = contexts.shard_spans(cfg.contexts_per_shard)[index]
@@ -194,7 +175,7 @@ def compute_shard(
         tokens.append(rows.tokens)
         ctxs.append(rows.contexts)
         positions.append(rows.positions)
-        on_batch(rows.n_tokens)
+    on_tokens(int(contexts.lengths_N[start:end].sum()))  # the shard's real tokens, all through the model
     return PendingShard(
         index=index,
         context_start=start,
@@ -442,7 +423,7 @@ def capture(
     )
     tokens_done = 0
 
-    def on_batch(n_tokens: int) -> None:
+    def on_tokens(n_tokens: int) -> None:
         nonlocal tokens_done
         tokens_done += n_tokens
         bar.update(n_tokens)
@@ -458,7 +439,7 @@ def capture(
     loop_started = time.perf_counter()
     try:
         for index in todo:
-            writer.submit(compute_shard(model, contexts, hooks, index, cfg, on_batch))
+            writer.submit(compute_shard(model, contexts, hooks, index, cfg, on_tokens))
     except BaseException as exc:  # the shards already queued are complete: let the writer finish them
         error = exc
     finally:

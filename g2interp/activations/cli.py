@@ -41,17 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(argv: Sequence[str] | None = None) -> CaptureConfig:
-    """Parse flags into a validated :class:`CaptureConfig` (``SystemExit(2)`` with a message if invalid)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return config_from_args(CaptureConfig, args, hooks=split_names(args.hooks))
-    except ValueError as exc:
-        parser.error(str(exc))
-        raise  # unreachable: parser.error exits
-
-
 def run(args: argparse.Namespace) -> dict:
     """Capture as the flags say; the store's summary."""
     from g2interp.activations.capture import capture
@@ -59,7 +48,8 @@ def run(args: argparse.Namespace) -> dict:
     from g2interp.loading import load_model
 
     cfg = config_from_args(CaptureConfig, args, hooks=split_names(args.hooks))
-    parallel, device = init_data_parallel(device=cfg.device)
+    parallel = init_data_parallel(device=cfg.device)
+    device = parallel.device
     try:
         model = load_model(cfg.model, device=device, dtype=cfg.model_dtype)
         result = capture(model, replace(cfg, device=device))

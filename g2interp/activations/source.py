@@ -17,7 +17,6 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -226,32 +225,9 @@ class OnTheFlySource(ActivationSource):
                 batch_contexts=self.batch_contexts,
                 exclude=self.cfg.exclude,
             ):
-                acts = {h: a.float().cpu() for h, a in rows.activations.items()}
-                parts.append(Rows(acts, rows.tokens, rows.contexts, rows.positions))
+                parts.append(
+                    rows._replace(activations={h: a.float().cpu() for h, a in rows.activations.items()})
+                )
         if not parts:
             raise StoreError(f"{self.name}: units {list(units)} hold no contexts")
         return Rows.cat(parts)
-
-
-def open_store_or_capture(
-    store: str | Path | None = None,
-    *,
-    model: HookedGemma | None = None,
-    contexts: ContextsConfig | None = None,
-    model_source: str = "",
-    batch_contexts: int = 8,
-) -> ActivationSource:
-    """The store at ``store``; without one, an :class:`OnTheFlySource` of ``model`` over ``contexts``.
-
-    With both a store and a model, the model must be the store's (checked by fingerprint).
-    """
-    if store is not None:
-        from g2interp.activations.store import ActivationStore
-
-        source: ActivationSource = ActivationStore(store)
-        if model is not None:
-            source.check_model(model, model_source)
-        return source
-    if model is None or contexts is None:
-        raise ValueError("give a store, or a model and a corpus to capture from on the fly")
-    return OnTheFlySource(model, contexts, model_source=model_source, batch_contexts=batch_contexts)

@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train and evaluate as the flags say; a JSON-ready summary per SAE."""
-    from g2interp.activations.source import open_store_or_capture
+    from g2interp.activations.source import ActivationSource, OnTheFlySource
+    from g2interp.activations.store import ActivationStore
     from g2interp.constants import EMBEDDED_MODEL
     from g2interp.distributed import close_data_parallel, init_data_parallel
     from g2interp.loading import load_model
@@ -123,26 +124,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = config_from_args(TrainSAEConfig, args)
     eval_cfg = config_from_args(EvalConfig, args)
-    parallel, device = init_data_parallel(device=cfg.device)
+    parallel = init_data_parallel(device=cfg.device)
+    device = parallel.device
     try:
-        model, contexts = None, None
-        if cfg.store is None:
-            contexts = ContextsConfig(
-                data=cfg.data, seed=cfg.seed, **config_values(ContextsConfig, _given(args, ContextsConfig))
-            )
+        model = None
         if cfg.model is not None or cfg.store is None:
             model = load_model(cfg.model or EMBEDDED_MODEL, device=device, dtype=cfg.model_dtype)
-        source = open_store_or_capture(
-            cfg.store,
-            model=model,
-            contexts=contexts,
-            model_source=cfg.model or EMBEDDED_MODEL,
-            batch_contexts=cfg.batch_contexts,
-        )
+        if cfg.store is not None:
+            source: ActivationSource = ActivationStore(cfg.store)
+            if model is not None:
+                source.check_model(model, cfg.model or "")
+        else:
+            packing = config_values(ContextsConfig, _given(args, ContextsConfig))
+            contexts = ContextsConfig(data=cfg.data, seed=cfg.seed, **packing)
+            source = OnTheFlySource(
+                model, contexts, model_source=cfg.model or EMBEDDED_MODEL, batch_contexts=cfg.batch_contexts
+            )
         sweep = {k: getattr(cfg, k) for k in ("d_sae", "target_l0", "total_tokens", "epochs")}
         overrides = config_values(SAETrainingConfig, _given(args, SAETrainingConfig))
         specs = plan_saes(source, cfg.hook, cfg.recipe, **sweep, **overrides)
-        if model is None and (parallel is None or parallel.is_main):
+        if model is None and parallel.is_main:
             model = load_model(source.model_source, device=device, dtype=cfg.model_dtype)
         results = train_saes(
             source,

@@ -15,6 +15,7 @@ and ``OUT/train_sae.json``, the run's plan.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -176,7 +177,7 @@ def train_saes(
     out = Path(out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        plan = {"source": source.provenance(""), "seed": seed, "saes": [_spec_json(s) for s in specs]}
+        plan = {"source": source.provenance(""), "seed": seed, "saes": [dataclasses.asdict(s) for s in specs]}
         atomic_write_text(out / RUN_CONFIG_FILE, json.dumps(plan, indent=2) + "\n")
     hooks = list(dict.fromkeys(s.hook for s in specs))
     trainers = [
@@ -249,8 +250,8 @@ def evaluate_saes(
             )
             evaluation.save(result.folder)
             ce_clean = evaluation.delta_loss.ce_clean  # the same contexts for every SAE: clean runs once
-        _log_evaluation(result.spec, evaluation)
         out.append(result._replace(evaluation=evaluation))
+        logger.info("%s: %s", result.spec.folder, {k: v for k, v in out[-1].summary().items() if k != "sae"})
     return out
 
 
@@ -310,23 +311,3 @@ def _read_evaluation(folder: Path, source: ActivationSource) -> SAEEvaluation | 
     except (OSError, ValueError, TypeError):
         return None
     return evaluation if evaluation.eval.source_fingerprint == source.fingerprint else None
-
-
-def _log_evaluation(spec: SAESpec, evaluation: SAEEvaluation) -> None:
-    ev, dl = evaluation
-    logger.info(
-        "%s: L0 %.1f, FVU %.3f, dead %.1f%% on %d held-out tokens; CE %.4f -> %.4f (zero %.4f), recovered %.3f",
-        spec.folder,
-        ev.l0,
-        ev.fvu,
-        100 * ev.dead_fraction,
-        ev.n_tokens,
-        dl.ce_clean,
-        dl.ce_sae,
-        dl.ce_zero,
-        dl.fraction_recovered,
-    )
-
-
-def _spec_json(spec: SAESpec) -> dict[str, Any]:
-    return {"hook": spec.hook, "folder": spec.folder, "training": spec.training.to_dict()}

@@ -533,7 +533,7 @@ def train_together(
                 )
             for i, trainer in enumerate(trainers):
                 if not trainer.done and trainer.next_batch == index:
-                    metrics = trainer.feed(batch if keys is None else _pick(batch, keys[i], index))
+                    metrics = trainer.feed(batch if keys is None else batch[keys[i]])
                     if i == 0 and metrics:
                         sae0 = metrics[-1].saes[0]
                         bar.set_postfix(L0=f"{sae0.l0:.1f}", fvu=f"{sae0.fvu:.3f}", refresh=False)
@@ -543,10 +543,3 @@ def train_together(
     finally:
         bar.close()
     return [trainer.finish() for trainer in trainers]
-
-
-def _pick(batch: Any, key: str, index: int) -> Tensor:
-    if not isinstance(batch, Mapping) or key not in batch:
-        held = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
-        raise ValueError(f"batch {index} holds no {key!r} (it holds {held})")
-    return batch[key]

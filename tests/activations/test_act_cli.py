@@ -9,8 +9,8 @@ from act_helpers import HOOKS, save_hf_folder
 
 from g2interp import load_model
 from g2interp.activations import ActivationStore, CaptureConfig, capture
-from g2interp.activations.cli import build_parser, main, parse_config
-from g2interp.cli_config import field_docs
+from g2interp.activations.cli import build_parser, main, split_names
+from g2interp.cli_config import config_from_args, field_docs
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,11 @@ def _argv(model_folder, corpus, out, *extra):
         "cpu",
         *extra,
     ]
+
+
+def parse_config(argv):
+    args = build_parser().parse_args(argv)
+    return config_from_args(CaptureConfig, args, hooks=split_names(args.hooks))
 
 
 def test_every_field_is_a_flag_with_its_docstring():
@@ -72,7 +77,7 @@ def test_every_field_is_a_flag_with_its_docstring():
         and cfg.eval_contexts == 64
         and cfg.context_length == 1024
     )
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="batch_contexts must be a positive integer"):
         parse_config(["--data", "d", "--out", "o", "--hooks", "h", "--batch-contexts", "0"])
     with pytest.raises(SystemExit):
         parse_config(["--data", "d", "--out", "o", "--hooks", "h", "--dtype", "int8"])

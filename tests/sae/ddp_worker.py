@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from g2interp.distributed import DataParallel, init_data_parallel
+from g2interp.distributed import DataParallel, close_data_parallel, init_data_parallel
 from g2interp.sae import JumpReLUTrainingSAE, NonFiniteError, SAETrainer, SAETrainingConfig
 
 D_IN, D_SAE, BATCH, STEPS = 16, 64, 64, 12
@@ -114,7 +114,7 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     os.environ.update(RANK=str(args.rank), WORLD_SIZE=str(args.world), LOCAL_RANK=str(args.rank))
-    parallel, _ = init_data_parallel(init_method=f"file://{args.init_file}" if args.init_file else None)
+    parallel = init_data_parallel(init_method=f"file://{args.init_file}" if args.init_file else None)
     run(args.out / "fixed", config(), parallel)
     try:
         run(args.out / "resumed", config(), parallel, callbacks=[stop_at(6)])
@@ -127,8 +127,7 @@ def main() -> None:
         run(args.out / "nan", config(), parallel, nan_at=5, nan_rows=nan_rows)
     except NonFiniteError as exc:
         print(f"NONFINITE {exc}", flush=True)
-    if parallel is not None:
-        torch.distributed.destroy_process_group()
+    close_data_parallel(parallel)
     print("DONE", flush=True)
 
 
