@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import NamedTuple, Union
 
 import numpy as np
@@ -100,16 +101,6 @@ def plan_epoch(unit_rows: Sequence[int], buffer_rows: int, seed: int, epoch: int
 
 def window_permutation(n_rows: int, seed: int, epoch: int, window: int) -> Tensor:
     return torch.from_numpy(np.random.default_rng([seed, epoch, window]).permutation(n_rows))
-
-
-class _Lazy:
-    """A load run when its result is asked for (no prefetch)."""
-
-    def __init__(self, fn, units: list[int]):
-        self.fn, self.units = fn, units
-
-    def result(self) -> Rows:
-        return self.fn(self.units)
 
 
 class ActivationBatches(Iterator):
@@ -209,9 +200,10 @@ class ActivationBatches(Iterator):
             self._executor = None
 
     # -------------------------------------------------------------------------------- machinery
-    def _load_async(self, units: Sequence[int]) -> Future | _Lazy:
+    def _load_async(self, units: Sequence[int]) -> Future | Callable[[], Rows]:
+        """A future of the units' rows (on the reader thread), or without prefetch a call that loads them."""
         if not self.prefetch:
-            return _Lazy(self.load_units, list(units))
+            return partial(self.load_units, list(units))
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="g2interp-reader")
         return self._executor.submit(self.load_units, list(units))
@@ -244,7 +236,7 @@ class ActivationBatches(Iterator):
         leftover: Rows | None = None  # fewer than batch_size rows carried into the next window
         pending = self._load_async(windows[first]) if first < len(windows) else None
         for w in range(first, len(windows)):
-            rows = pending.result()
+            rows = pending.result() if isinstance(pending, Future) else pending()
             pending = self._load_async(windows[w + 1]) if w + 1 < len(windows) else None
             if rows.n_rows != sizes[w]:
                 raise StoreError(f"window {w} of epoch {epoch} has {rows.n_rows} rows, expected {sizes[w]}")

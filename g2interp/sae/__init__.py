@@ -2,6 +2,7 @@
 that trains them from an activation source (``train_saes``, the engine of ``g2interp train-sae``)."""
 
 from g2interp.distributed import DataParallel, init_data_parallel
+from g2interp.sae.checkpoint import CheckpointMismatchError
 from g2interp.sae.evaluate import (
     DeltaLossResult,
     SAEEvalResult,
@@ -16,7 +17,6 @@ from g2interp.sae.recipes import RECIPES, Recipe, recipe
 from g2interp.sae.sae import JumpReLUSAE, SAEConfig, SAEFormatError
 from g2interp.sae.ste import JumpReLU, Step, rectangle
 from g2interp.sae.trainer import (
-    CheckpointMismatchError,
     NonFiniteError,
     SAEMetrics,
     SAETrainer,

@@ -193,27 +193,26 @@ def train_saes(
         for s in specs
     ]
 
-    def batches_from(start: int):
-        return source.batches(
-            hooks,
-            local_batch,
-            seed=seed,
-            epochs=None,
-            start=start,
-            drop_last=True,
-            rank=rank,
-            world_size=world,
-        )
-
+    stream = dict(
+        seed=seed, epochs=None, drop_last=True, rank=rank, world_size=world
+    )  # endless, whole batches
     started = time.perf_counter()
-    finals = train_together(trainers, batches_from, [s.hook for s in specs], progress=progress)
+    finals = train_together(
+        trainers,
+        lambda start: source.batches(hooks, local_batch, start=start, **stream),
+        [s.hook for s in specs],
+        progress=progress,
+    )
     logger.info("trained %d SAEs on %s in %.1f s", len(specs), hooks, time.perf_counter() - started)
-    trained = [t.step_at_start < t.cfg.total_steps for t in trainers]
     results = [
         TrainedSAE(
-            spec, out / spec.folder / FINAL_SAE_DIR_TEMPLATE.format(index=0), final[0], None, was_trained
+            s,
+            out / s.folder / FINAL_SAE_DIR_TEMPLATE.format(index=0),
+            f[0],
+            None,
+            t.step_at_start < t.cfg.total_steps,
         )
-        for spec, final, was_trained in zip(specs, finals, trained, strict=True)
+        for s, f, t in zip(specs, finals, trainers, strict=True)
     ]
     if evaluate and rank == 0:
         results = evaluate_saes(source, results, model=model, eval_cfg=eval_cfg)

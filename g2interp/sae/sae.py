@@ -381,17 +381,8 @@ def read_npz_params(path: Path) -> dict[str, np.ndarray]:
             if not np.isfinite(arr).all():
                 raise SAEFormatError(f"{path}: key {name!r} holds NaN or inf")
             out[name] = np.ascontiguousarray(arr, dtype=np.float32)
-    shape_enc = out["W_enc"].shape
-    if len(shape_enc) != 2:
-        raise SAEFormatError(f"{path}: key 'W_enc' has shape {shape_enc}, expected (d_in, d_sae)")
-    d_in, d_sae = shape_enc
-    dims = {"d_in": d_in, "d_sae": d_sae}
-    for name, dim_names in WEIGHT_SHAPES.items():
-        expected = tuple(dims[d] for d in dim_names)
-        if out[name].shape != expected:
-            raise SAEFormatError(
-                f"{path}: key {name!r} has shape {out[name].shape}, expected {expected} ({', '.join(dim_names)})"
-            )
+    if out["W_enc"].ndim != 2:  # the other shapes are checked against it by from_tensors
+        raise SAEFormatError(f"{path}: key 'W_enc' has shape {out['W_enc'].shape}, expected (d_in, d_sae)")
     return out
 
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from g2interp.distributed import DataParallel
 from g2interp.files import atomic_write_bytes
-from g2interp.sae.checkpoint import CheckpointMismatchError, CheckpointMixin
+from g2interp.sae.checkpoint import CheckpointMixin
 from g2interp.sae.constants import FINAL_SAE_DIR_TEMPLATE, SAE_SPARSITY_FILE
 from g2interp.sae.sae import JumpReLUSAE
 from g2interp.sae.training import (
@@ -53,14 +53,6 @@ from g2interp.sae.training import (
 logger = logging.getLogger(__name__)
 
 BatchSource = Iterable[Tensor] | Callable[[int], Iterable[Tensor]]
-__all__ = [
-    "CheckpointMismatchError",
-    "NonFiniteError",
-    "SAEMetrics",
-    "SAETrainer",
-    "StepMetrics",
-    "train_together",
-]
 
 
 class NonFiniteError(FloatingPointError):

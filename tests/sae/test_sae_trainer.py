@@ -13,14 +13,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from g2interp.sae import JumpReLUSAE, NonFiniteError, SAETrainer, SAETrainingConfig, make_saes
+from g2interp.sae import (
+    CheckpointMismatchError,
+    JumpReLUSAE,
+    NonFiniteError,
+    SAETrainer,
+    SAETrainingConfig,
+    make_saes,
+)
 from g2interp.sae.constants import (
     CHECKPOINT_LATEST_FILE,
     CHECKPOINT_TENSORS_FILE,
     SAE_SPARSITY_FILE,
     SAE_WEIGHTS_FILE,
 )
-from g2interp.sae.trainer import CheckpointMismatchError
 
 WORKER = Path(__file__).with_name("sae_train_worker.py")
 
