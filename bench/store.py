@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--corpus", default=DEFAULT_CORPUS)
+    parser.add_argument("--data", default=DEFAULT_CORPUS)
     parser.add_argument(
         "--hooks", default="blocks.3.hook_resid_post,blocks.6.hook_resid_post,blocks.6.attn.hook_z"
     )
@@ -61,7 +61,7 @@ def main() -> None:
 
     def config(out: str, dtype: str) -> CaptureConfig:
         return CaptureConfig(
-            data=args.corpus,
+            data=args.data,
             hooks=hooks,
             out=out,
             context_length=args.context_length,

@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="everything the demo writes goes here")
     p.add_argument(
-        "--corpus", default=str(DEMO_CORPUS), help="corpus file or folder (default: the shipped one)"
+        "--data", default=str(DEMO_CORPUS), help="corpus file or folder (default: the shipped one)"
     )
     p.add_argument("--layer", default="auto", help="block whose hook_resid_post the SAE reads, or 'auto'")
     p.add_argument("--context-length", type=int, default=128)
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     result = capture(
         model,
         CaptureConfig(
-            data=args.corpus,
+            data=args.data,
             hooks=(hook,),
             out=str(out / "store"),
             context_length=args.context_length,
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
     )
     store = ActivationStore(out / "store")
-    note = f"{store.n_rows('train'):,} training rows + {store.n_rows('eval'):,} held out, from {Path(args.corpus).name}"
+    note = f"{store.n_rows('train'):,} training rows + {store.n_rows('eval'):,} held out, from {Path(args.data).name}"
     stages.add("capture", t0, note if result.shards_written else f"reused {store.path} ({note})")
 
     # 2-3. SAE trained on the store's shuffled batches, evaluated on its held-out contexts.

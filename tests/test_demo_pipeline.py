@@ -30,7 +30,7 @@ def test_demo_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys, caplo
     out = tmp_path / "demo"
     argv = [
         "--out", str(out),
-        "--corpus", str(CORPUS),
+        "--data", str(CORPUS),
         "--train-contexts", "16",
         "--eval-contexts", "4",
         "--delta-loss-contexts", "2",

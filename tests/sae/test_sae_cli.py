@@ -14,7 +14,15 @@ import torch
 from g2interp import cli
 from g2interp.activations import ActivationStore, CaptureConfig, OnTheFlySource, capture
 from g2interp.dashboards.constants import DASHBOARD_MANIFEST_FILE
-from g2interp.sae import SAESpec, SAETrainingConfig, evaluate_on_source, plan_saes, recipe, train_saes
+from g2interp.sae import (
+    JumpReLUSAE,
+    SAESpec,
+    SAETrainingConfig,
+    evaluate_on_source,
+    plan_saes,
+    recipe,
+    train_saes,
+)
 from g2interp.sae.cli import TrainSAEConfig, build_parser
 from g2interp.sae.constants import DELTA_LOSS_RESULTS_FILE, EVAL_RESULTS_FILE, SAE_CFG_FILE, SAE_WEIGHTS_FILE
 from tests.activations.act_helpers import CORPUS, save_hf_folder, tiny_model
@@ -243,3 +251,45 @@ def test_flags_come_from_the_configs_and_recipes_fill_the_rest():
     )
     with pytest.raises(KeyError, match="the recipes are"):
         recipe("nope")
+
+
+@pytest.mark.slow
+def test_train_sae_from_a_store_of_the_embedded_model(tmp_path, capsys):
+    """Real activations: resid_post of layer 6, ~9k distinct tokens replayed 12 times (short-run recipe)."""
+    fixture = Path(__file__).parents[1] / "fixtures" / "sae_corpus.jsonl"
+    hook, store, target_l0 = "blocks.6.hook_resid_post", tmp_path / "S", 32.0
+    argv = [
+        "capture",
+        "--data",
+        str(fixture),
+        "--out",
+        str(store),
+        "--hooks",
+        hook,
+        "--context-length",
+        "128",
+    ]
+    assert cli.main([*argv, "--eval-contexts", "4", *COMMON]) == 0
+    argv = [
+        "train-sae",
+        "--store",
+        str(store),
+        "--hook",
+        hook,
+        "--out",
+        str(tmp_path / "D"),
+        "--epochs",
+        "12",
+    ]
+    argv += ["--d-sae", "1024", "--batch-size", "512", "--lr", "1e-3", "--target-l0", str(target_l0)]
+    argv += ["--threshold-lr-scale", "1", "--delta-loss-contexts", "4", "--eval-batch-contexts", "4"]
+    capsys.readouterr()
+    assert cli.main([*argv, *COMMON]) == 0
+    (summary,) = _saes(capsys.readouterr().out)
+    folder = tmp_path / "D" / hook / "sae_0"
+    evaluation = json.loads((folder / EVAL_RESULTS_FILE).read_text())
+    delta = json.loads((folder / DELTA_LOSS_RESULTS_FILE).read_text())
+    assert summary["fvu"] == evaluation["fvu"] < 0.5 and evaluation["n_contexts"] == 4
+    assert target_l0 / 2 <= evaluation["l0"] <= target_l0 * 2
+    assert delta["ce_sae"] < delta["ce_zero"]  # better than ablating the residual stream
+    assert JumpReLUSAE.load(folder).cfg.d_in == 640
