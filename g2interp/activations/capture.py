@@ -33,7 +33,6 @@ from g2interp.activations.corpus import PackedContexts, corpus_files, corpus_fin
 from g2interp.activations.manifest import (
     CONTEXTS_FILE,
     MANIFEST_FILE,
-    RANK_JOURNAL_GLOB,
     HookInfo,
     Manifest,
     ShardCorruptError,
@@ -44,8 +43,8 @@ from g2interp.activations.manifest import (
     durable_write,
     identity_differences,
     journal_bytes,
+    journal_records,
     rank_journal_name,
-    read_journal,
     remove_temp_files,
     sha256_bytes,
 )
@@ -237,9 +236,8 @@ def _resume(
                 f"re-packing the corpus does not reproduce {path} (was the tokenizer library changed?)"
             )
         write_file(path, data)
-    records = list(manifest.shards)
-    for journal in sorted(root.glob(RANK_JOURNAL_GLOB)):
-        records.extend(read_journal(journal))
+    records, journals = journal_records(root)
+    records = [*manifest.shards, *records]
     present = []
     for record in records:
         lost = [
@@ -257,7 +255,7 @@ def _resume(
             present.append(record)
     merged = replace(manifest, shards=()).with_shards(present)
     write_file(root / MANIFEST_FILE, merged.to_bytes())
-    for journal in root.glob(RANK_JOURNAL_GLOB):
+    for journal in journals:
         journal.unlink()
     logger.info("resuming %s: %d of %d shards already durable", root, len(merged.shards), merged.n_shards)
     return merged
@@ -342,9 +340,8 @@ def open_or_create_store(
 def _finalise(root: Path, write_file: WriteFile) -> Manifest:
     """Merge the rank journals into the manifest (rank 0, once every rank is done)."""
     manifest = Manifest.read(root / MANIFEST_FILE)
-    journals = sorted(root.glob(RANK_JOURNAL_GLOB))
+    records, journals = journal_records(root)
     if journals:
-        records = [r for j in journals for r in read_journal(j)]
         manifest = manifest.with_shards(records)
         write_file(root / MANIFEST_FILE, manifest.to_bytes())
         for journal in journals:

@@ -255,6 +255,12 @@ class Manifest:
         return cls.from_json(obj)
 
 
+def journal_records(root: Path) -> tuple[list[ShardRecord], list[Path]]:
+    """Shard records in the rank journals of a store folder, and the journals (a distributed capture's)."""
+    journals = sorted(Path(root).glob(RANK_JOURNAL_GLOB))
+    return [r for j in journals for r in read_journal(j)], journals
+
+
 def read_journal(path: Path) -> list[ShardRecord]:
     """Shard records a rank wrote (``manifest.rank{r}.json``)."""
     try:

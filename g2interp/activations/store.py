@@ -18,13 +18,12 @@ from g2interp.activations.config import ContextsConfig
 from g2interp.activations.corpus import PackedContexts
 from g2interp.activations.manifest import (
     MANIFEST_FILE,
-    RANK_JOURNAL_GLOB,
     Manifest,
     ShardCorruptError,
     ShardMissingError,
     ShardRecord,
     StoreError,
-    read_journal,
+    journal_records,
     sha256_bytes,
 )
 from g2interp.activations.source import ActivationSource
@@ -39,11 +38,10 @@ class ActivationStore(ActivationSource):
         self.path = Path(path)
         if not (self.path / MANIFEST_FILE).is_file():
             raise StoreError(f"{self.path} holds no activation store ({MANIFEST_FILE} not found)")
-        manifest = Manifest.read(self.path / MANIFEST_FILE)
-        journals = sorted(self.path.glob(RANK_JOURNAL_GLOB))
-        if journals:  # a distributed capture still running or killed: its ranks' finished shards count
-            manifest = manifest.with_shards([r for j in journals for r in read_journal(j)])
-        self.manifest = manifest
+        # a distributed capture still running or killed: its ranks' finished shards count
+        self.manifest = manifest = Manifest.read(self.path / MANIFEST_FILE).with_shards(
+            journal_records(self.path)[0]
+        )
         if not manifest.complete:
             logger.warning(
                 "store %s is incomplete: %d of %d shards; reading those (resume the capture to finish it)",
