@@ -17,6 +17,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -151,7 +152,10 @@ class ActivationSource(ABC):
             "hook": hook,
             "model": self.model_source,
             "model_fingerprint": self.model_fingerprint,
-            "contexts": {**self.contexts_config.contexts_identity(), "data": self.contexts_config.data},
+            "contexts": {
+                **self.contexts_config.contexts_identity(),
+                "data": str(Path(self.contexts_config.data).resolve()),
+            },
             "n_train_contexts": contexts.n_train,
             "n_eval_contexts": contexts.n_eval,
         }
