@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--eval-contexts", type=int, default=128, help="held-out contexts: evaluation and dashboards"
     )
-    p.add_argument("--delta-loss-contexts", type=int, default=8, help="of those, scored with the whole model")
+    p.add_argument("--delta-loss-contexts", type=int, default=4, help="of those, scored with the whole model")
     p.add_argument("--d-sae", type=int, default=2048)
     p.add_argument("--epochs", type=int, default=1, help="passes over the captured training activations")
     p.add_argument("--batch-size", type=int, default=1024)
@@ -207,9 +207,10 @@ def summary(
     ev, dl = result.evaluation
     meta = result.sae.cfg.metadata
     lines = ["", "=" * 78, f"SAE {result.folder}  ({dashboards.hook_name}, {dashboards.d_sae} latents)"]
+    passes = meta["training_tokens"] / store.n_rows("train")
     lines.append(
-        f"  trained on {store.n_rows('train'):,} distinct tokens ({store.contexts().n_train:,} contexts), "
-        f"{meta['training_tokens']:,} tokens in all"
+        f"  trained on {meta['training_tokens']:,} tokens: {passes:.2f} passes over the store's "
+        f"{store.n_rows('train'):,} distinct training tokens ({store.contexts().n_train:,} contexts)"
     )
     lines.append(
         f"  held-out ({ev.n_contexts} contexts, {ev.n_tokens:,} tokens): L0 {ev.l0:.1f}, FVU {ev.fvu:.3f}, "
@@ -217,7 +218,7 @@ def summary(
         f"(zero-ablated {dl.ce_zero:.3f}), loss recovered {dl.fraction_recovered:.3f}"
     )
     lines.append(
-        f"  dashboards: {dashboards.n_tokens} held-out tokens, {int(dashboards.dead.sum())} dead latents; densest:"
+        f"  dashboards: {dashboards.n_tokens} held-out tokens, {len(dashboards.dead)} dead latents; densest:"
     )
     for i in dashboards.order()[:5].tolist():
         lines.append(

@@ -53,7 +53,8 @@ def test_demo_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys, caplo
     delta = json.loads((sae_dir / DELTA_LOSS_RESULTS_FILE).read_text())
     assert evaluation["l0"] > 0 and delta["ce_sae"] < delta["ce_zero"]
     assert evaluation["split"] == "eval" and evaluation["n_contexts"] == 4 and delta["n_contexts"] == 2
-    assert "trained on" in printed and "distinct tokens" in printed and "held-out (4 contexts" in printed
+    assert "passes over the store's" in printed and "distinct training tokens" in printed
+    assert "held-out (4 contexts" in printed
     assert (sae_dir / "dashboards").is_dir()
     # the summary: the SAE's evaluation, the examples' verdicts, the explanation, and the explorer's URL
     assert f"SAE {sae_dir}" in printed and "loss recovered" in printed
