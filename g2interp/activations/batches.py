@@ -41,15 +41,8 @@ class Rows(NamedTuple):
     def n_rows(self) -> int:
         return int(self.tokens.shape[0])
 
-    def slice(self, start: int, end: int) -> Rows:
-        return Rows(
-            {h: a[start:end] for h, a in self.activations.items()},
-            self.tokens[start:end],
-            self.contexts[start:end],
-            self.positions[start:end],
-        )
-
-    def take(self, index: Tensor) -> Rows:
+    def take(self, index: Tensor | slice) -> Rows:
+        """The rows at ``index`` (an index tensor or a slice), of every hook."""
         return Rows(
             {h: a[index] for h, a in self.activations.items()},
             self.tokens[index],
@@ -247,9 +240,9 @@ class ActivationBatches(Iterator):
             n, i = rows.n_rows, 0
             while n - i >= self.batch_size:
                 self._position += 1
-                yield self._emit(rows.slice(i, i + self.batch_size))
+                yield self._emit(rows.take(slice(i, i + self.batch_size)))
                 i += self.batch_size
-            leftover = rows.slice(i, n) if i < n else None
+            leftover = rows.take(slice(i, n)) if i < n else None
         if leftover is not None and not self.drop_last:
             self._position += 1
             yield self._emit(leftover)

@@ -14,7 +14,6 @@ keyword arguments override any setting of the recipe.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,12 +35,6 @@ class Recipe:
     """Latents, unless the run says otherwise."""
     epochs: int = 1
     """Passes over the source's training rows when the run names no ``total_tokens``."""
-
-    def __post_init__(self) -> None:
-        known = {f.name for f in dataclasses.fields(SAETrainingConfig)}
-        unknown = sorted(set(self.training) - known)
-        if unknown:
-            raise ValueError(f"recipe {self.name!r} sets unknown SAETrainingConfig fields {unknown}")
 
     def config(
         self, *, d_in: int, total_tokens: int, d_sae: int | None = None, **overrides: Any
