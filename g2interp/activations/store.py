@@ -52,11 +52,8 @@ class ActivationStore(ActivationSource):
         self._verified: set[str] = set()
         self._lock = threading.Lock()
         self._contexts: PackedContexts | None = None
-        self.name, self.hooks, self.fingerprint = (
-            f"store {self.path}",
-            list(manifest.hooks),
-            manifest.fingerprint,
-        )
+        self.name, self.hooks = f"store {self.path}", list(manifest.hooks)
+        self.fingerprint = manifest.fingerprint
         self.model_source = str(manifest.model.get("source", ""))
         self.model_fingerprint = str(manifest.model["fingerprint"])
         known = {f.name for f in fields(ContextsConfig)} - {"data"}
