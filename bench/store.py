@@ -85,7 +85,7 @@ def main() -> None:
             t0 = time.perf_counter()
             shards = [compute_shard(model, contexts, hooks, i, probe) for i in range(n_shards)]
             seconds = time.perf_counter() - t0
-            rows = sum(s.rows for s in shards)
+            rows = sum(s.rows.n_rows for s in shards)
             row = {"seconds": seconds, "tokens": contexts.n_tokens, "rows": rows, "bytes": 0}
             if "memory fp32" not in best or seconds < best["memory fp32"]["seconds"]:
                 best["memory fp32"] = row

@@ -156,36 +156,23 @@ def compute_shard(
     """Rows of shard ``index`` for every hook, cast to the storage dtype, with their squared-norm sums."""
     start, end = contexts.shard_spans(cfg.contexts_per_shard)[index]
     dtype = cfg.torch_dtype
-    parts: dict[str, list[Tensor]] = {h: [] for h in hooks}
+    parts: list[Rows] = []
     squares: dict[str, list[Tensor]] = {h: [] for h in hooks}
-    tokens, ctxs, positions = [], [], []
     for rows in iter_captured_rows(
         model, contexts, hooks, start=start, end=end, batch_contexts=cfg.batch_contexts, exclude=cfg.exclude
     ):
-        for h in hooks:
-            act_RD = rows.activations[h]
+        for h, act_RD in rows.activations.items():
             if dtype == torch.float16 and act_RD.numel() and float(act_RD.abs().max()) > _FP16_MAX:
                 raise ValueError(
                     f"activations of {h} reach {float(act_RD.abs().max()):.3g}, past float16's range "
                     f"({_FP16_MAX:g}); store them as bfloat16 or float32"
                 )
             squares[h].append(act_RD.double().pow(2).sum(-1).cpu())
-            parts[h].append(act_RD.to(dtype).cpu())
-        tokens.append(rows.tokens)
-        ctxs.append(rows.contexts)
-        positions.append(rows.positions)
+        parts.append(rows._replace(activations={h: a.to(dtype).cpu() for h, a in rows.activations.items()}))
     on_tokens(int(contexts.lengths_N[start:end].sum()))  # the shard's real tokens, all through the model
-    return PendingShard(
-        index=index,
-        context_start=start,
-        context_end=end,
-        activations={h: torch.cat(parts[h]) for h in hooks},
-        tokens=torch.cat(tokens),
-        contexts=torch.cat(ctxs),
-        positions=torch.cat(positions),
-        # fsum: exactly rounded, so the statistic does not depend on batching or thread counts
-        sum_squared_norm={h: math.fsum(torch.cat(squares[h]).tolist()) for h in hooks},
-    )
+    # fsum: exactly rounded, so the statistic does not depend on batching or thread counts
+    norms = {h: math.fsum(torch.cat(squares[h]).tolist()) for h in hooks}
+    return PendingShard(index, start, end, Rows.cat(parts), norms)
 
 
 # ---------------------------------------------------------------------------------------------- store set-up
@@ -208,8 +195,8 @@ def _check_leftovers(root: Path, hooks: Sequence[str]) -> None:
         )
 
 
-def _pack(model: HookedGemma, cfg: CaptureConfig) -> PackedContexts:
-    return prepare_contexts(model.tokenizer, cfg)
+def _intact(path: Path, size: int) -> bool:
+    return path.is_file() and path.stat().st_size == size
 
 
 def _resume(
@@ -230,26 +217,19 @@ def _resume(
     path = root / CONTEXTS_FILE
     if not path.is_file() or sha256_bytes(path.read_bytes()) != manifest.corpus["contexts_sha256"]:
         logger.warning("%s is missing or damaged; packing the corpus again", path)
-        data = _pack(model, cfg).to_bytes()
+        data = prepare_contexts(model.tokenizer, cfg).to_bytes()
         if sha256_bytes(data) != manifest.corpus["contexts_sha256"]:
             raise StoreError(
                 f"re-packing the corpus does not reproduce {path} (was the tokenizer library changed?)"
             )
         write_file(path, data)
     records, journals = journal_records(root)
-    records = [*manifest.shards, *records]
     present = []
-    for record in records:
-        lost = [
-            f.path
-            for f in record.files.values()
-            if not (root / f.path).is_file() or (root / f.path).stat().st_size != f.size
-        ]
+    for record in [*manifest.shards, *records]:
+        lost = [f.path for f in record.files.values() if not _intact(root / f.path, f.size)]
         if lost:
             logger.warning(
-                "shard %d is listed but %s is missing or truncated; it will be captured again",
-                record.index,
-                lost,
+                "shard %d is listed but %s is missing or truncated: capturing it again", record.index, lost
             )
         else:
             present.append(record)
@@ -270,7 +250,8 @@ def _create(
     write_file: WriteFile,
 ) -> Manifest:
     hooks = list(shapes)
-    contexts = _pack(model, cfg)  # before anything is written: an empty corpus leaves no trace
+    # packed before anything is written: an empty corpus leaves no trace
+    contexts = prepare_contexts(model.tokenizer, cfg)
     data = contexts.to_bytes()
     root.mkdir(parents=True, exist_ok=True)
     write_file(root / CONTEXTS_FILE, data)
@@ -394,16 +375,14 @@ def capture(
     contexts = read_contexts(root, manifest)
     todo = manifest.missing_shards()[ranks.rank :: ranks.world_size]
 
-    if ranks.world_size == 1:
-        state = {"manifest": manifest}
+    mine: list[ShardRecord] = []
 
-        def on_durable(record: ShardRecord) -> None:
-            state["manifest"] = state["manifest"].with_shards([record])
-            write_file(root / MANIFEST_FILE, state["manifest"].to_bytes())
-    else:
-        mine: list[ShardRecord] = []
-
-        def on_durable(record: ShardRecord) -> None:
+    def on_durable(record: ShardRecord) -> None:  # in a group, each rank journals its shards for rank 0
+        nonlocal manifest
+        if ranks.world_size == 1:
+            manifest = manifest.with_shards([record])
+            write_file(root / MANIFEST_FILE, manifest.to_bytes())
+        else:
             mine.append(record)
             write_file(root / rank_journal_name(ranks.rank), journal_bytes(mine))
 

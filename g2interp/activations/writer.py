@@ -9,9 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from jaxtyping import Float, Int
-from torch import Tensor
-
+from g2interp.activations.batches import Rows
 from g2interp.activations.manifest import (
     ShardFile,
     ShardRecord,
@@ -38,31 +36,19 @@ class PendingShard:
     """First context in the shard."""
     context_end: int
     """One past the last context in the shard."""
-    activations: Mapping[str, Float[Tensor, "rows d"]]
-    """Rows per hook, already in the storage dtype, on the CPU."""
-    tokens: Int[Tensor, " rows"]
-    """Token id at each row (int32)."""
-    contexts: Int[Tensor, " rows"]
-    """Context index of each row (int32)."""
-    positions: Int[Tensor, " rows"]
-    """Position in its context of each row (int32)."""
+    rows: Rows
+    """Its rows: activations per hook already in the storage dtype on the CPU, and their index (int32)."""
     sum_squared_norm: Mapping[str, float]
     """Per hook: sum of squared row norms."""
-
-    @property
-    def rows(self) -> int:
-        return int(self.tokens.shape[0])
 
 
 def shard_bytes(shard: PendingShard, hook: str) -> bytes:
     """One hook's shard file: activations plus the row index, with the hook and shard in the metadata."""
-    tensors = {
-        "activations": shard.activations[hook].contiguous(),
-        "tokens": shard.tokens.contiguous(),
-        "contexts": shard.contexts.contiguous(),
-        "positions": shard.positions.contiguous(),
-    }
-    return save_tensors(tensors, {"hook": hook, "shard": shard.index})
+    r = shard.rows
+    tensors = dict(
+        activations=r.activations[hook], tokens=r.tokens, contexts=r.contexts, positions=r.positions
+    )
+    return save_tensors({k: t.contiguous() for k, t in tensors.items()}, {"hook": hook, "shard": shard.index})
 
 
 class ShardWriter:
@@ -150,7 +136,7 @@ class ShardWriter:
             index=shard.index,
             context_start=shard.context_start,
             context_end=shard.context_end,
-            rows=shard.rows,
+            rows=shard.rows.n_rows,
             files=files,
             sum_squared_norm=dict(shard.sum_squared_norm),
         )

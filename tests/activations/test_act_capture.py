@@ -15,6 +15,7 @@ from act_helpers import BOS, HOOKS, one_thread, store_files, tiny_model
 from g2interp.activations import (
     ActivationStore,
     CaptureConfig,
+    Rows,
     StoreMismatchError,
     StoreWriteError,
     capture,
@@ -256,7 +257,7 @@ def test_writer_overlaps_and_bounds_its_queue(tmp_path):
         def rows():
             return torch.zeros(2, dtype=torch.int32)
 
-        return PendingShard(i, i, i + 1, {"h": torch.ones(2, 4)}, rows(), rows(), rows(), {"h": 8.0})
+        return PendingShard(i, i, i + 1, Rows({"h": torch.ones(2, 4)}, rows(), rows(), rows()), {"h": 8.0})
 
     writer = ShardWriter(tmp_path, {"h": "h"}, lambda record: None, queue_size=1, write_file=slow_write)
     writer.submit(shard(0))  # taken by the thread, which blocks in the write
