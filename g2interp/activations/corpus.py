@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ CORPUS_BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet"
 #: Splits of a store and of an on-the-fly source.
 SPLITS = ("train", "eval")
 _TOKENIZE_BATCH = 256  # documents per tokenizer call
+_METADATA = ("bos_token_id", "eos_token_id", "pad_token_id", "n_documents", "n_eval")  # of the contexts file
 
 
 class CorpusError(ValueError):
@@ -123,31 +124,14 @@ class PackedContexts:
         return keep
 
     def to_bytes(self) -> bytes:
-        """safetensors bytes (ids and lengths; the special ids and count in the metadata)."""
-        meta = {
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id,
-            "n_documents": self.n_documents,
-            "n_eval": self.n_eval,
-        }
-        return save_tensors(
-            {"tokens": self.tokens_NL.contiguous(), "lengths": self.lengths_N.contiguous()}, meta
-        )
+        """safetensors bytes (ids and lengths; the special ids and counts in the metadata)."""
+        tensors = {"tokens": self.tokens_NL.contiguous(), "lengths": self.lengths_N.contiguous()}
+        return save_tensors(tensors, {k: getattr(self, k) for k in _METADATA})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PackedContexts:
-        tensors = load(data)
-        meta = safetensors_metadata(data)
-        return cls(
-            tensors["tokens"],
-            tensors["lengths"],
-            bos_token_id=int(meta["bos_token_id"]),
-            eos_token_id=int(meta["eos_token_id"]),
-            pad_token_id=int(meta["pad_token_id"]),
-            n_documents=int(meta["n_documents"]),
-            n_eval=int(meta.get("n_eval", 0)),
-        )
+        tensors, meta = load(data), safetensors_metadata(data)
+        return cls(tensors["tokens"], tensors["lengths"], **{k: int(meta[k]) for k in _METADATA})
 
 
 def _kind(path: Path) -> str:
@@ -327,14 +311,8 @@ def hold_out(packed: PackedContexts, n_eval: int, seed: int) -> PackedContexts:
             f"on; lower eval_contexts or give more text"
         )
     order = torch.from_numpy(np.random.default_rng([seed, 1]).permutation(n))
-    return PackedContexts(
-        packed.tokens_NL[order],
-        packed.lengths_N[order],
-        bos_token_id=packed.bos_token_id,
-        eos_token_id=packed.eos_token_id,
-        pad_token_id=packed.pad_token_id,
-        n_documents=packed.n_documents,
-        n_eval=n_eval,
+    return replace(
+        packed, tokens_NL=packed.tokens_NL[order], lengths_N=packed.lengths_N[order], n_eval=n_eval
     )
 
 

@@ -248,26 +248,21 @@ class Manifest:
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
-        try:
-            obj = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise StoreError(f"cannot read store manifest {path}: {exc}") from exc
-        return cls.from_json(obj)
+        return cls.from_json(_read_json(path, "store manifest"))
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StoreError(f"cannot read {what} {path}: {exc}") from exc
 
 
 def journal_records(root: Path) -> tuple[list[ShardRecord], list[Path]]:
-    """Shard records in the rank journals of a store folder, and the journals (a distributed capture's)."""
+    """Shard records in the rank journals (``manifest.rank{r}.json``) of a store folder, and the journals."""
     journals = sorted(Path(root).glob(RANK_JOURNAL_GLOB))
-    return [r for j in journals for r in read_journal(j)], journals
-
-
-def read_journal(path: Path) -> list[ShardRecord]:
-    """Shard records a rank wrote (``manifest.rank{r}.json``)."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StoreError(f"cannot read rank journal {path}: {exc}") from exc
-    return [ShardRecord.from_json(s) for s in obj["shards"]]
+    shards = [s for j in journals for s in _read_json(j, "rank journal")["shards"]]
+    return [ShardRecord.from_json(s) for s in shards], journals
 
 
 def journal_bytes(records: Iterable[ShardRecord]) -> bytes:
