@@ -18,7 +18,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +28,9 @@ from g2interp.activations.config import ContextsConfig
 from g2interp.activations.corpus import SPLITS, PackedContexts, corpus_fingerprint, prepare_contexts
 from g2interp.activations.manifest import StoreError, activations_fingerprint
 from g2interp.model.gemma import HookedGemma
+
+if TYPE_CHECKING:
+    from g2interp.sae.sae import JumpReLUSAE
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,18 @@ class ActivationSource(ABC):
         if missing:
             raise KeyError(f"{self.name} has no hook {missing[0]!r}; it holds {self.hooks}")
         return names
+
+    def check_sae(self, sae: JumpReLUSAE) -> str:
+        """The hook the SAE reads, checked to be one of this source's, of the SAE's width."""
+        hook = sae.cfg.hook_name
+        if not hook:
+            raise ValueError("the SAE names no hook (cfg.hook_name is empty): cannot tell what it reads")
+        self.check_hooks(hook)
+        if self.d(hook) != sae.cfg.d_in:
+            raise ValueError(
+                f"the SAE reads {sae.cfg.d_in} features; {hook} of {self.name} is {self.d(hook)} wide"
+            )
+        return hook
 
     def check_model(self, model: HookedGemma, requested: str = "") -> None:
         """Refuse a model other than the one the activations come from (by fingerprint)."""

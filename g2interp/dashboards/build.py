@@ -295,15 +295,8 @@ def build_dashboards(
     """
     cfg = cfg or DashboardConfig()
     start_time = time.perf_counter()
-    hook = sae.cfg.hook_name
-    if not hook:
-        raise ValueError("the SAE names no hook (cfg.hook_name is empty): cannot tell where it reads")
-    source.check_hooks(hook)
-    d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
-    if source.d(hook) != d_in:
-        raise ValueError(
-            f"{hook} of {source.name} has {source.d(hook)} features per token; the SAE reads {d_in}"
-        )
+    hook = source.check_sae(sae)
+    d_sae = sae.cfg.d_sae
     packed = source.contexts()
     span = packed.split_range(split)
     if len(span) == 0:
@@ -348,7 +341,7 @@ def build_dashboards(
     manifest = {
         "format": DASHBOARD_FORMAT,
         "hook_name": hook,
-        "d_in": d_in,
+        "d_in": sae.cfg.d_in,
         "d_sae": d_sae,
         "sae_fingerprint": sae_fingerprint(sae),
         "model_name": sae.cfg.model_name,

@@ -326,14 +326,7 @@ def evaluate_on_source(
     """:func:`evaluate_sae` on every row of ``split`` and :func:`delta_lm_loss` on its first
     ``delta_loss_contexts`` contexts, splicing only positions the source keeps (``ce_clean`` of an
     earlier SAE's evaluation on the same source skips the clean runs)."""
-    hook = sae.cfg.hook_name
-    if not hook:
-        raise ValueError("the SAE names no hook (cfg.hook_name is empty): cannot tell what to evaluate it on")
-    source.check_hooks(hook)
-    if source.d(hook) != sae.cfg.d_in:
-        raise ValueError(
-            f"the SAE reads {sae.cfg.d_in} features; {hook} of {source.name} is {source.d(hook)} wide"
-        )
+    hook = source.check_sae(sae)
     source.check_eval_contexts(max(1, delta_loss_contexts) if split == "eval" else 0)
     rows = (r.activations[hook].to(sae.W_enc.device) for r in source.iter_rows(hook, split))
     contexts, r = source.contexts(), source.contexts().split_range(split)
