@@ -411,32 +411,27 @@ class SAETrainer(CheckpointMixin):
         """Inference copies of the SAEs as they stand, input scale folded into the weights."""
         if self.input_scale is None:
             raise RuntimeError("no input scale yet: the trainer has not seen a batch")
+        cfg = self.cfg
         out = []
-        for i, sae in enumerate(self.saes):
-            since = self.steps_since_fired[i]
-            steered = self.cfg.target_l0 > 0
+        for sae, steer, since in zip(self.saes, self.l0_steer, self.steps_since_fired, strict=True):
             metadata = {
                 **self.metadata,
                 "trained_with": "g2interp",
-                # with a target L0, λ was steered from the SAE's own start to this
-                "l0_coefficient": self.l0_steer[i].coefficient if steered else sae.l0_coefficient,
-                **(
-                    {"target_l0": self.cfg.target_l0, "l0_coefficient_start": sae.l0_coefficient}
-                    if steered
-                    else {}
-                ),
+                "l0_coefficient": steer.coefficient if cfg.target_l0 > 0 else sae.l0_coefficient,
                 "bandwidth": sae.bandwidth,
-                "training_tokens": self.step * self.cfg.batch_size,
+                "training_tokens": self.step * cfg.batch_size,
                 "input_scale_folded": self.input_scale,
-                "dead_fraction": float((since >= self.cfg.dead_window_steps).sum()) / self.cfg.d_sae,
+                "dead_fraction": float((since >= cfg.dead_window_steps).sum()) / cfg.d_sae,
             }
+            if cfg.target_l0 > 0:  # λ was steered from the SAE's own start to the value above
+                metadata.update(target_l0=cfg.target_l0, l0_coefficient_start=sae.l0_coefficient)
             out.append(
                 sae.to_inference(
                     input_scale=self.input_scale,
-                    hook_name=self.cfg.hook_name,
-                    model_name=self.cfg.model_name,
+                    hook_name=cfg.hook_name,
+                    model_name=cfg.model_name,
                     metadata=metadata,
-                    reshape_hook_z=self.cfg.reshape_hook_z,
+                    reshape_hook_z=cfg.reshape_hook_z,
                 )
             )
         return out
@@ -471,12 +466,7 @@ class SAETrainer(CheckpointMixin):
             " | ".join(parts),
         )
         if self.metrics_log is not None:
-            record = {
-                "step": metrics.step,
-                "tokens": metrics.tokens,
-                "lr": metrics.lr,
-                "saes": [m._asdict() for m in metrics.saes],
-            }
+            record = {**metrics._asdict(), "saes": [m._asdict() for m in metrics.saes]}
             self.metrics_log.parent.mkdir(parents=True, exist_ok=True)
             with open(self.metrics_log, "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -26,7 +26,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from g2interp.cli_config import require_ints, require_positive
-from g2interp.sae.sae import JumpReLUSAE, SAEConfig
+from g2interp.sae.sae import WEIGHT_SHAPES, JumpReLUSAE, SAEConfig
 from g2interp.sae.ste import jumprelu, step
 
 #: Values of :attr:`SAETrainingConfig.b_dec_init`.
@@ -367,13 +367,7 @@ class JumpReLUTrainingSAE(nn.Module):
             reshape_hook_z=reshape_hook_z,
             metadata=metadata or {},
         )
-        tensors = {
-            "W_enc": self.W_enc.detach(),
-            "b_enc": self.b_enc.detach(),
-            "W_dec": self.W_dec.detach(),
-            "b_dec": self.b_dec.detach(),
-            "threshold": self.threshold.detach(),
-        }
+        tensors = {name: getattr(self, name).detach() for name in WEIGHT_SHAPES}  # threshold = exp(log θ)
         sae = JumpReLUSAE.from_tensors(tensors, cfg, source="training SAE", device=self.W_enc.device)
         sae.fold_input_scale()
         return sae
