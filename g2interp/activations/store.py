@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from g2interp.activations.manifest import (
     sha256_bytes,
 )
 from g2interp.activations.source import ActivationSource
+from g2interp.cli_config import config_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +56,8 @@ class ActivationStore(ActivationSource):
         self.fingerprint = manifest.fingerprint
         self.model_source = str(manifest.model.get("source", ""))
         self.model_fingerprint = str(manifest.model["fingerprint"])
-        known = {f.name for f in fields(ContextsConfig)} - {"data"}
-        packing = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in manifest.identity.items() if k in known
-        }
-        self.contexts_config = ContextsConfig(data=str(manifest.corpus["source"]), **packing)
+        packing = {**manifest.identity, "data": str(manifest.corpus["source"])}
+        self.contexts_config = config_from_args(ContextsConfig, packing)
 
     def hook_shape(self, hook: str) -> tuple[int, ...]:
         return tuple(self._hook(hook).shape)

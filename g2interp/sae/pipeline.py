@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from g2interp.activations.source import ActivationSource
-from g2interp.cli_config import require_ints
+from g2interp.cli_config import config_from_args, require_ints
 from g2interp.distributed import DataParallel
 from g2interp.files import atomic_write_text
 from g2interp.sae.constants import FINAL_SAE_DIR_TEMPLATE
@@ -284,9 +284,7 @@ def open_sae_source(
         from g2interp.loading import load_model
 
         model = load_model(record["model"])
-    contexts = ContextsConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in record["contexts"].items()}
-    )
+    contexts = config_from_args(ContextsConfig, record["contexts"])
     source = OnTheFlySource(model, contexts, model_source=record["model"], batch_contexts=batch_contexts)
     source.check_model(model)
     return source
