@@ -282,10 +282,10 @@ class SAETrainer(CheckpointMixin):
 
     def _check_loss(self, st: StepStats, index: int) -> None:
         if not math.isfinite(st.loss):
-            raise NonFiniteError(
-                f"loss is {st.loss} at step {self.step} (SAE {index}); "
-                f"last good checkpoint: {self.last_checkpoint or 'none'}"
-            )
+            raise self._non_finite(f"loss is {st.loss} at step {self.step} (SAE {index})")
+
+    def _non_finite(self, what: str) -> NonFiniteError:
+        return NonFiniteError(f"{what}; last good checkpoint: {self.last_checkpoint or 'none'}")
 
     def _all_reduce(self, x_BD: Tensor, stats: list[StepStats], coefs: list[float]) -> list[StepStats]:
         """Average the gradients over the ranks and turn per-rank sums into global batch statistics.
@@ -314,10 +314,7 @@ class SAETrainer(CheckpointMixin):
         for grad in grads:
             grad.div_(world)
         if vec[0] > 0:
-            raise NonFiniteError(
-                f"batch at step {self.step} holds NaN or inf (on {int(vec[0])} rank(s)); "
-                f"last good checkpoint: {self.last_checkpoint or 'none'}"
-            )
+            raise self._non_finite(f"batch at step {self.step} holds NaN or inf (on {int(vec[0])} rank(s))")
         D, F, B = self.cfg.d_in, self.cfg.d_sae, B_local * world
         sum_sq_x, sum_x_D = float(vec[1]), vec[2 : 2 + D]
         total_var = sum_sq_x - float(sum_x_D @ sum_x_D) / B
@@ -355,10 +352,7 @@ class SAETrainer(CheckpointMixin):
             raise ValueError(f"batch at step {step_index} has shape {tuple(x.shape)}, expected {expected}")
         x = x.to(device=self.device, dtype=torch.float32)
         if raise_nonfinite and not bool(torch.isfinite(x).all()):
-            raise NonFiniteError(
-                f"batch at step {step_index} holds NaN or inf; "
-                f"last good checkpoint: {self.last_checkpoint or 'none'}"
-            )
+            raise self._non_finite(f"batch at step {step_index} holds NaN or inf")
         return x
 
     def _set_input_scale(self, head: list[Tensor]) -> None:
@@ -377,18 +371,16 @@ class SAETrainer(CheckpointMixin):
             self.parallel.all_reduce_sum([sums])
             bad = torch.nonzero(sums[2 : 2 + n]).flatten().tolist()
             if bad:
-                raise NonFiniteError(f"batch at step {bad[0]} holds NaN or inf; last good checkpoint: none")
+                raise self._non_finite(f"batch at step {bad[0]} holds NaN or inf")
         sum_sq, count = float(sums[0]), float(sums[1])
         if sum_sq <= 0:
             raise ValueError("the first batches are all zero; cannot set the input scale")
+        mean_sq = sum_sq / count
         # Fixed scalar so that E‖x·s‖² = 1; folded into the weights when the SAEs are saved.
-        self.input_scale = float(1.0 / math.sqrt(sum_sq / count))
+        self.input_scale = float(1.0 / math.sqrt(mean_sq))
         if self.is_main:
             logger.info(
-                "input scale %.6g from %d batches (mean squared norm %.6g)",
-                self.input_scale,
-                n,
-                sum_sq / count,
+                "input scale %.6g from %d batches (mean squared norm %.6g)", self.input_scale, n, mean_sq
             )
         if cfg.b_dec_init == "mean" or cfg.target_l0 > 0:
             mean_D = (sums[2 + n :] / count * self.input_scale).float() if cfg.b_dec_init == "mean" else None
@@ -457,14 +449,8 @@ class SAETrainer(CheckpointMixin):
             f"fvu={m.fvu:.3f} dead={m.dead_fraction:.3f}"
             for i, m in enumerate(metrics.saes)
         ]
-        logger.info(
-            "step %d/%d tokens=%d lr=%.3g | %s",
-            metrics.step,
-            self.cfg.total_steps,
-            metrics.tokens,
-            metrics.lr,
-            " | ".join(parts),
-        )
+        head = f"step {metrics.step}/{self.cfg.total_steps} tokens={metrics.tokens} lr={metrics.lr:.3g}"
+        logger.info("%s | %s", head, " | ".join(parts))
         if self.metrics_log is not None:
             record = {**metrics._asdict(), "saes": [m._asdict() for m in metrics.saes]}
             self.metrics_log.parent.mkdir(parents=True, exist_ok=True)
