@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from g2interp.cli_config import require_ints
+
 
 class AttentionType(str, enum.Enum):
     """Which mask a layer uses; the values are transformers' ``layer_types`` strings."""
@@ -86,10 +88,8 @@ class ModelConfig:
             raise ValueError(
                 f"unsupported architecture {self.architecture!r}; g2interp runs {SUPPORTED_ARCHITECTURES}"
             )
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_mlp"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        require_ints(self, "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_mlp")
+        require_ints(self, "max_position_embeddings")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
         if len(self.layer_types) != self.n_layers:
@@ -107,8 +107,6 @@ class ModelConfig:
             raise ValueError(
                 f"unsupported hidden_activation {self.hidden_activation!r}; Gemma uses gelu_pytorch_tanh"
             )
-        if self.max_position_embeddings <= 0:
-            raise ValueError("max_position_embeddings must be positive")
         object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
 
     @property

@@ -186,20 +186,15 @@ class GemmaBlock(nn.Module):
         super().__init__()
         self.layer = layer
         eps = cfg.rms_norm_eps
-        self.ln1, self.attn, self.ln1_post = (
-            RMSNorm(cfg.d_model, eps),
-            Attention(cfg, layer),
-            RMSNorm(cfg.d_model, eps),
-        )
-        self.ln2, self.mlp, self.ln2_post = (
-            RMSNorm(cfg.d_model, eps),
-            GatedMLP(cfg),
-            RMSNorm(cfg.d_model, eps),
-        )
+        self.ln1 = RMSNorm(cfg.d_model, eps)
+        self.attn = Attention(cfg, layer)
+        self.ln1_post = RMSNorm(cfg.d_model, eps)
+        self.ln2 = RMSNorm(cfg.d_model, eps)
+        self.mlp = GatedMLP(cfg)
+        self.ln2_post = RMSNorm(cfg.d_model, eps)
         self.hook_resid_pre = HookPoint()  # [B, Q, M]
-        self.hook_attn_out = (
-            HookPoint()
-        )  # [B, Q, M], after the post-attention norm (TransformerLens, Gemma Scope)
+        # [B, Q, M], after the post-attention norm (TransformerLens, Gemma Scope)
+        self.hook_attn_out = HookPoint()
         self.hook_resid_mid = HookPoint()  # [B, Q, M]
         self.hook_mlp_out = HookPoint()  # [B, Q, M], after the post-MLP norm
         self.hook_resid_post = HookPoint()  # [B, Q, M]
