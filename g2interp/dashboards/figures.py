@@ -90,6 +90,15 @@ def density_figure(density: Sequence[float], title: str = "Latent densities") ->
     return fig
 
 
+def _bars(labels: Sequence[str], values: Sequence[float], title: str, xaxis: str, height: int) -> go.Figure:
+    """Horizontal bars from the bottom up, orange where the value is >= 0 and blue below."""
+    colours = [f"rgb{POSITIVE_RGB if v >= 0 else NEGATIVE_RGB}".replace(" ", "") for v in values]
+    fig = go.Figure(go.Bar(x=list(values), y=list(labels), orientation="h", marker_color=colours))
+    fig.update_layout(title=title, xaxis_title=xaxis, **{**_LAYOUT, "height": height})
+    fig.update_yaxes(type="category")  # labels such as "1" or "#12" must stay labels, not numbers
+    return fig
+
+
 def effects_figure(
     promoted: Sequence[tuple[str, float]],
     suppressed: Sequence[tuple[str, float]],
@@ -103,34 +112,13 @@ def effects_figure(
         while label in labels:  # equal labels would share one bar; zero-width spaces keep them apart
             label += "\u200b"
         labels.append(label)
-    fig = go.Figure(
-        go.Bar(
-            x=[v for _, v in rows],
-            y=labels,
-            orientation="h",
-            marker_color=["rgb(255,140,0)" if v >= 0 else "rgb(30,120,255)" for _, v in rows],
-        )
-    )
-    fig.update_layout(title=title, xaxis_title="logit per unit activation", **{**_LAYOUT, "height": 420})
-    fig.update_yaxes(type="category")  # token texts such as "1" must stay labels
-    return fig
+    return _bars(labels, [v for _, v in rows], title, "logit per unit activation", 420)
 
 
 def latent_bars_figure(latents: Sequence[int], values: Sequence[float], title: str, xaxis: str) -> go.Figure:
     """Horizontal bars, one per latent, labelled ``#index``, largest at the top."""
-    fig = go.Figure(
-        go.Bar(
-            x=list(values)[::-1],
-            y=[f"#{i}" for i in latents][::-1],
-            orientation="h",
-            marker_color=["rgb(255,140,0)" if v >= 0 else "rgb(30,120,255)" for v in list(values)[::-1]],
-        )
-    )
-    fig.update_layout(
-        title=title, xaxis_title=xaxis, **{**_LAYOUT, "height": 120 + 22 * max(1, len(latents))}
-    )
-    fig.update_yaxes(type="category")  # "#12" labels, not numbers
-    return fig
+    labels = [f"#{i}" for i in latents][::-1]
+    return _bars(labels, list(values)[::-1], title, xaxis, 120 + 22 * max(1, len(latents)))
 
 
 def scores_figure(
