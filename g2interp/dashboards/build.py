@@ -327,12 +327,8 @@ def build_dashboards(
         logger.warning("%s: no residual-stream direction for the latents, so no logit effects", hook)
         empty = torch.zeros(d_sae, 0)
         effects = LogitEffects(empty.long(), empty, empty.long(), empty)
-    tensors.update(
-        promoted_ids=effects.promoted_ids.to(torch.int32),
-        promoted_values=effects.promoted_values.float(),
-        suppressed_ids=effects.suppressed_ids.to(torch.int32),
-        suppressed_values=effects.suppressed_values.float(),
-    )
+    for name, t in effects._asdict().items():  # ids as int32, effects as float32
+        tensors[name] = t.to(torch.int32) if name.endswith("_ids") else t.float()
     ids = torch.cat([tensors[k].flatten() for k in ("top_tokens", "promoted_ids", "suppressed_ids")]).unique()
     ids = ids[ids >= 0].tolist()
     vocab = {str(i): model.tokenizer.decode([i]) for i in ids} if model.tokenizer is not None else {}
