@@ -58,16 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     """Build (or keep) the dashboards; a JSON-ready summary."""
     from g2interp.loading import load_model
-    from g2interp.sae.pipeline import open_sae_source
+    from g2interp.sae.pipeline import open_sae_source, source_model
     from g2interp.sae.sae import JumpReLUSAE
 
     cfg = config_from_args(DashboardConfig, args)
     sae = JumpReLUSAE.load(args.sae)
     model = load_model(args.model, device=args.device) if args.model else None
     source = open_sae_source(sae, store=args.store, model=model)
-    if model is None:
-        model = getattr(source, "model", None) or load_model(source.model_source, device=args.device)
-    source.check_model(model, args.model or "")
+    model = source_model(source, model, requested=args.model or "", device=args.device)
     out = Path(args.out) if args.out else default_folder(args.sae)
     if not args.force and dashboards_current(out, sae, cfg, source=source, split=args.split):
         logger.info("dashboards in %s are current for this SAE, settings and activations; nothing to do", out)

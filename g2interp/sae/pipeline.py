@@ -238,7 +238,7 @@ def evaluate_saes(
         evaluation = None if result.trained else _read_evaluation(result.folder, source)
         if evaluation is None:
             if model is None:
-                model = _load_model(source)
+                model = source_model(source)
             evaluation = evaluate_on_source(
                 model,
                 result.sae.to(getattr(model, "device", "cpu")),
@@ -262,40 +262,40 @@ def open_sae_source(
     from g2interp.activations.config import ContextsConfig
     from g2interp.activations.source import OnTheFlySource
     from g2interp.activations.store import ActivationStore
+    from g2interp.loading import load_model
 
-    record = sae.cfg.metadata.get(PROVENANCE_KEY)
+    record = sae.cfg.metadata.get(PROVENANCE_KEY) or {}
+    if store is None and record.get("store") and Path(record["store"]).is_dir():
+        store = record["store"]
     if store is not None:
         source: ActivationSource = ActivationStore(store)
-        if record and record.get("fingerprint") != source.fingerprint:
-            raise ValueError(
-                f"{source.name} holds other activations (fingerprint {source.fingerprint[:12]}) than the SAE "
-                f"on {sae.cfg.hook_name} was trained on ({str(record.get('fingerprint'))[:12]})"
-            )
-        source.check_hooks(sae.cfg.hook_name)
-        return source
-    if not record:
+    elif not record:
         raise ValueError(
             f"the SAE on {sae.cfg.hook_name!r} records no activation source (metadata.{PROVENANCE_KEY}); pass a store"
         )
-    folder = record.get("store")
-    if folder and Path(folder).is_dir():
-        return open_sae_source(sae, store=folder)
-    if model is None:
-        from g2interp.loading import load_model
-
-        model = load_model(record["model"])
-    contexts = config_from_args(ContextsConfig, record["contexts"])
-    source = OnTheFlySource(model, contexts, model_source=record["model"], batch_contexts=batch_contexts)
-    source.check_model(model)
+    else:
+        contexts = config_from_args(ContextsConfig, record["contexts"])
+        model = model if model is not None else load_model(record["model"])
+        source = OnTheFlySource(model, contexts, model_source=record["model"], batch_contexts=batch_contexts)
+    if record and record.get("fingerprint") != source.fingerprint:  # another model, corpus or packing
+        raise ValueError(
+            f"{source.name} holds other activations (fingerprint {source.fingerprint[:12]}) than the SAE "
+            f"on {sae.cfg.hook_name} was trained on ({str(record.get('fingerprint'))[:12]})"
+        )
+    source.check_hooks(sae.cfg.hook_name)
     return source
 
 
-def _load_model(source: ActivationSource) -> Any:
-    """The source's model: its own when it runs one, else loaded from its provenance and checked."""
+def source_model(
+    source: ActivationSource, model: Any = None, *, requested: str = "", device: Any = None
+) -> Any:
+    """``model`` (``requested`` names it in errors), else the source's own, else the model its provenance
+    names, loaded on ``device``; refused unless the source's activations come from it."""
     from g2interp.loading import load_model
 
-    model = getattr(source, "model", None) or load_model(source.model_source)
-    source.check_model(model, source.model_source)
+    if model is None:
+        model = getattr(source, "model", None) or load_model(source.model_source, device=device)
+    source.check_model(model, requested or source.model_source)
     return model
 
 
