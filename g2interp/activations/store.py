@@ -80,10 +80,6 @@ class ActivationStore(ActivationSource):
     def rows(self) -> int:
         return self.manifest.rows
 
-    def d(self, hook: str) -> int:
-        """Width of the stored rows of ``hook``."""
-        return self._hook(hook).d
-
     def mean_squared_norm(self, hook: str) -> float:
         """Mean squared L2 norm of the stored activations of ``hook`` (for normalisation)."""
         value = self._hook(hook).mean_squared_norm

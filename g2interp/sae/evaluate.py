@@ -248,7 +248,7 @@ def delta_lm_loss(
     gap = ce_zero - ce_clean
     return DeltaLossResult(
         hook_name=hook_name,
-        n_tokens=_pairs(attention_mask, tokens),
+        n_tokens=int((mask_BQ[:, 1:] & mask_BQ[:, :-1]).sum()),  # pairs of real tokens
         ce_clean=ce_clean,
         ce_sae=ce_sae,
         ce_zero=ce_zero,
@@ -268,12 +268,6 @@ def next_token_loss(
     """Mean next-token cross-entropy of the unmodified model over pairs of real tokens."""
     _check_tokens(tokens)
     return _mean_nll(model, tokens, attention_mask, batch_size, None)
-
-
-def _pairs(attention_mask: Tensor | None, tokens: Tensor) -> int:
-    """Next-token pairs whose input and target are both real tokens."""
-    mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    return int((mask[:, 1:] & mask[:, :-1]).sum())
 
 
 def _mean_nll(
