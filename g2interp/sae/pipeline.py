@@ -171,11 +171,10 @@ def train_saes(
             raise ValueError(
                 f"d_in {spec.training.d_in} is not the width of {spec.hook} in {source.name}: it is {source.d(spec.hook)}"
             )
-    parallel = parallel if parallel is not None and parallel.world_size > 1 else None
-    rank, world = (0, 1) if parallel is None else (parallel.rank, parallel.world_size)
-    local_batch = specs[0].training.batch_size // world
+    parallel = parallel or DataParallel()
+    local_batch = parallel.local_batch_size(specs[0].training.batch_size)
     out = Path(out)
-    if rank == 0:
+    if parallel.is_main:
         out.mkdir(parents=True, exist_ok=True)
         plan = {"source": source.provenance(""), "seed": seed, "saes": [dataclasses.asdict(s) for s in specs]}
         atomic_write_text(out / RUN_CONFIG_FILE, json.dumps(plan, indent=2) + "\n")
@@ -193,9 +192,8 @@ def train_saes(
         for s in specs
     ]
 
-    stream = dict(
-        seed=seed, epochs=None, drop_last=True, rank=rank, world_size=world
-    )  # endless, whole batches
+    # endless, whole batches, each rank reading its own units
+    stream = dict(seed=seed, epochs=None, drop_last=True, rank=parallel.rank, world_size=parallel.world_size)
     started = time.perf_counter()
     finals = train_together(
         trainers,
@@ -214,10 +212,9 @@ def train_saes(
         )
         for s, f, t in zip(specs, finals, trainers, strict=True)
     ]
-    if evaluate and rank == 0:
+    if evaluate and parallel.is_main:
         results = evaluate_saes(source, results, model=model, eval_cfg=eval_cfg)
-    if parallel is not None:
-        parallel.barrier()
+    parallel.barrier()
     return results
 
 
