@@ -25,7 +25,7 @@ import torch
 from g2interp.activations.batches import ActivationBatches, Rows
 from g2interp.activations.capture import hook_shapes, iter_captured_rows, model_fingerprint
 from g2interp.activations.config import ContextsConfig
-from g2interp.activations.corpus import SPLITS, PackedContexts, corpus_fingerprint, prepare_contexts
+from g2interp.activations.corpus import PackedContexts, corpus_fingerprint, prepare_contexts
 from g2interp.activations.manifest import StoreError, activations_fingerprint
 from g2interp.model.gemma import HookedGemma
 
@@ -133,9 +133,7 @@ class ActivationSource(ABC):
         (``seed``, ``epochs``, ``start``, ``drop_last``, ``buffer_rows``, ``dtype``, ``device``, ``with_index``).
         """
         names = self.check_hooks(hooks)
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        units = sorted(self.unit_rows(split).items())[rank::world_size]
+        units = sorted(self.unit_rows(split).items())[rank::world_size]  # a bad split raises in split_range
         if not units:
             raise ValueError(f"{self.name} has no {split} rows to read (rank {rank} of {world_size})")
         ids = [u for u, _ in units]
