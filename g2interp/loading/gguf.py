@@ -63,8 +63,11 @@ def config_from_gguf(reader, path: Path, overrides: dict | None = None) -> Model
     if arch not in _ARCHITECTURES:
         raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not a Gemma 2 / Gemma 3 text model")
 
+    def opt(key: str, default: Any = None) -> Any:
+        return _field(reader, f"{arch}.{key}", default)
+
     def req(key: str):
-        value = _field(reader, f"{arch}.{key}")
+        value = opt(key)
         if value is None:
             raise CheckpointError(f"{path}: GGUF metadata lacks {arch}.{key}")
         return value
@@ -72,7 +75,7 @@ def config_from_gguf(reader, path: Path, overrides: dict | None = None) -> Model
     n_layers = int(req("block_count"))
     if "token_embd.weight" not in reader.tensors:
         raise CheckpointError(f"{path}: missing tensor 'token_embd.weight'")
-    pattern = _field(reader, f"{arch}.attention.sliding_window_pattern", _SLIDING_PATTERN_DEFAULT[arch])
+    pattern = opt("attention.sliding_window_pattern", _SLIDING_PATTERN_DEFAULT[arch])
     if isinstance(pattern, ArrayInfo):
         raise CheckpointError(f"{path}: per-layer sliding_window_pattern arrays are not supported yet")
     if isinstance(pattern, list):  # newer llama.cpp: one bool per layer (True = sliding)
@@ -83,11 +86,12 @@ def config_from_gguf(reader, path: Path, overrides: dict | None = None) -> Model
         ]
     d_head = int(req("attention.key_length"))
     names = set(reader.tensors)
-    scaling_type = _field(reader, f"{arch}.rope.scaling.type")
-    scaling = float(_field(reader, f"{arch}.rope.scaling.factor", 1.0)) if scaling_type == "linear" else 1.0
+    scaling_type = opt("rope.scaling.type")
+    scaling = float(opt("rope.scaling.factor", 1.0)) if scaling_type == "linear" else 1.0
     if scaling_type not in (None, "none", "linear"):
         raise CheckpointError(f"{path}: unsupported rope scaling {scaling_type!r}")
-    theta = float(_field(reader, f"{arch}.rope.freq_base", 1e6 if arch == "gemma3" else 1e4))
+    g3 = arch == "gemma3"
+    theta = float(opt("rope.freq_base", 1e6 if g3 else 1e4))
     kwargs = dict(
         architecture=_ARCHITECTURES[arch],
         vocab_size=int(
@@ -96,25 +100,19 @@ def config_from_gguf(reader, path: Path, overrides: dict | None = None) -> Model
         d_model=int(req("embedding_length")),
         n_layers=n_layers,
         n_heads=int(req("attention.head_count")),
-        n_kv_heads=int(_field(reader, f"{arch}.attention.head_count_kv", req("attention.head_count"))),
+        n_kv_heads=int(opt("attention.head_count_kv", req("attention.head_count"))),
         d_head=d_head,
         d_mlp=int(req("feed_forward_length")),
         layer_types=tuple(layer_types),
-        sliding_window=int(_field(reader, f"{arch}.attention.sliding_window", 4096)),
+        sliding_window=int(opt("attention.sliding_window", 4096)),
         # GGUF has no query_pre_attn_scalar; llama.cpp scales by key_length (override for Gemma 27B models).
         query_pre_attn_scalar=float(d_head),
         rope_theta_global=theta,
         rope_scaling_global=scaling,
-        rope_theta_local=float(_field(reader, f"{arch}.rope.freq_base_swa", _LOCAL_ROPE_BASE_DEFAULT))
-        if arch == "gemma3"
-        else theta,
-        rope_scaling_local=1.0 if arch == "gemma3" else scaling,
-        attn_logit_softcap=_field(
-            reader, f"{arch}.attn_logit_softcapping", 50.0 if arch == "gemma2" else None
-        ),
-        final_logit_softcap=_field(
-            reader, f"{arch}.final_logit_softcapping", 30.0 if arch == "gemma2" else None
-        ),
+        rope_theta_local=float(opt("rope.freq_base_swa", _LOCAL_ROPE_BASE_DEFAULT)) if g3 else theta,
+        rope_scaling_local=1.0 if g3 else scaling,
+        attn_logit_softcap=opt("attn_logit_softcapping", None if g3 else 50.0),
+        final_logit_softcap=opt("final_logit_softcapping", None if g3 else 30.0),
         use_qk_norm="blk.0.attn_q_norm.weight" in names,
         rms_norm_eps=float(req("attention.layer_norm_rms_epsilon")),
         max_position_embeddings=int(req("context_length")),
