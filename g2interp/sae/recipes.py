@@ -40,22 +40,12 @@ class Recipe:
         self, *, d_in: int, total_tokens: int, d_sae: int | None = None, **overrides: Any
     ) -> SAETrainingConfig:
         """The recipe's :class:`SAETrainingConfig` for one SAE (``overrides`` win over the recipe)."""
-        return SAETrainingConfig(
-            **{
-                **self.training,
-                "d_in": d_in,
-                "total_tokens": total_tokens,
-                "d_sae": d_sae or self.d_sae,
-                **overrides,
-            }
-        )
+        fields = {**self.training, "d_in": d_in, "total_tokens": total_tokens, "d_sae": d_sae or self.d_sae}
+        return SAETrainingConfig(**{**fields, **overrides})
 
 
-GEMMA_SCOPE = Recipe(
-    "gemma-scope",
-    "Gemma Scope's JumpReLU recipe: fixed λ after warm-up, for billions of tokens",
-    {},
-    d_sae=16_384,
+GEMMA_SCOPE = Recipe(  # SAETrainingConfig's defaults and 16,384 latents
+    "gemma-scope", "Gemma Scope's JumpReLU recipe: fixed λ after warm-up, for billions of tokens"
 )
 SHORT_RUN = Recipe(
     "short-run",
