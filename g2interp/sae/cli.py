@@ -13,7 +13,6 @@ g2interp.sae.cli ...``. Re-running a command resumes from its checkpoints (or do
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -135,13 +134,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if model is not None:
                 source.check_model(model, cfg.model or "")
         else:
-            packing = config_values(ContextsConfig, _given(args, ContextsConfig))
-            contexts = ContextsConfig(data=cfg.data, seed=cfg.seed, **packing)
+            contexts = config_from_args(ContextsConfig, args)  # data and seed: the run's
             source = OnTheFlySource(
                 model, contexts, model_source=cfg.model or EMBEDDED_MODEL, batch_contexts=cfg.batch_contexts
             )
         sweep = {k: getattr(cfg, k) for k in ("d_sae", "target_l0", "total_tokens", "epochs")}
-        overrides = config_values(SAETrainingConfig, _given(args, SAETrainingConfig))
+        overrides = {k: v for k, v in config_values(SAETrainingConfig, args).items() if k not in _DERIVED}
         specs = plan_saes(source, cfg.hook, cfg.recipe, **sweep, **overrides)
         if model is None and parallel.is_main:
             model = load_model(source.model_source, device=device, dtype=cfg.model_dtype)
@@ -158,13 +156,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         close_data_parallel(parallel)
     return {"saes": [r.summary() for r in results]}
-
-
-def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The flags of ``cls`` the command line gave (its overrides-only group leaves the others out); the
-    fields the run sets itself, and those named like a run field (``data``, ``seed``), are not among them."""
-    names = {f.name for f in dataclasses.fields(cls)} - set(_DERIVED) - {"data", "seed"}
-    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
