@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 #: Config fields a resumed run may change: they do not touch the numbers.
 _RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "log_every")
+#: Per-latent firing counters of the trainer, one tensor per SAE each.
+_COUNTERS = ("steps_since_fired", "window_fired", "previous_window_fired")
 
 
 class CheckpointMismatchError(ValueError):
@@ -75,9 +77,8 @@ class CheckpointMixin:
                 tensors[f"sae{i}.{name}"] = param.detach()
                 for key, value in opt.state.get(param, {}).items():
                     tensors[f"sae{i}.adam.{name}.{key}"] = value
-            tensors[f"sae{i}.steps_since_fired"] = self.steps_since_fired[i]
-            tensors[f"sae{i}.window_fired"] = self.window_fired[i]
-            tensors[f"sae{i}.previous_window_fired"] = self.previous_window_fired[i]
+            for name in _COUNTERS:
+                tensors[f"sae{i}.{name}"] = getattr(self, name)[i]
         return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
     def _state_json(self) -> dict[str, Any]:
@@ -160,9 +161,8 @@ class CheckpointMixin:
                     if moments:
                         opt_state[j] = moments
                 opt.load_state_dict({"state": opt_state, "param_groups": opt.state_dict()["param_groups"]})
-                self.steps_since_fired[i] = tensors[f"sae{i}.steps_since_fired"].to(self.device)
-                self.window_fired[i] = tensors[f"sae{i}.window_fired"].to(self.device)
-                self.previous_window_fired[i] = tensors[f"sae{i}.previous_window_fired"].to(self.device)
+                for name in _COUNTERS:
+                    getattr(self, name)[i] = tensors[f"sae{i}.{name}"].to(self.device)
         torch.set_rng_state(tensors["rng.torch"])
         self.step = int(state["step"])
         self.input_scale = float(state["input_scale"])
