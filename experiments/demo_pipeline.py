@@ -145,11 +145,8 @@ def train(args, store: ActivationStore, hook: str, model, stages: Stages) -> Tra
         log_every=25,
     )
     (result,) = train_saes(store, specs, Path(args.out) / "saes", seed=args.seed, evaluate=False)
-    steps = specs[0].training.total_steps
-    if result.trained:
-        stages.add("train", t0, f"{steps} steps x {args.batch_size} rows, d_sae {args.d_sae}")
-    else:
-        stages.add("train", t0, f"reused {result.folder}")
+    note = f"{specs[0].training.total_steps} steps x {args.batch_size} rows, d_sae {args.d_sae}"
+    stages.add("train", t0, note if result.trained else f"reused {result.folder}")
     t0 = time.perf_counter()
     earlier = not result.trained and (result.folder / EVAL_RESULTS_FILE).is_file()
     eval_cfg = EvalConfig(delta_loss_contexts=args.delta_loss_contexts)
@@ -164,7 +161,6 @@ def moderate(moderator, note: str, sae: JumpReLUSAE, dashboards: Dashboards) -> 
     if moderator is None:
         return [f"Moderation skipped: {note}."]
     verdicts = [moderator.check_prompt(text) for text in EXAMPLES]
-    scores = [v.scores for v in verdicts]
     names = list(moderator.policy_names)
     limits = verdicts[0].thresholds
     lines = [
@@ -178,6 +174,7 @@ def moderate(moderator, note: str, sae: JumpReLUSAE, dashboards: Dashboards) -> 
         lines.append(
             "  " + " ".join(f"{v.scores[n]:12.3f}" for n in names) + f"  {verdict:7s}  {text[:60]!r}"
         )
+    scores = [v.scores for v in verdicts]
     worst_text, worst = max(zip(EXAMPLES, scores, strict=True), key=lambda p: max(p[1].values()))
     policy = max(worst, key=worst.get)
     if not probe_layers(moderator, policy):

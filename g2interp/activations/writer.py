@@ -81,25 +81,25 @@ class ShardWriter:
 
     def submit(self, shard: PendingShard) -> None:
         """Queue a shard (blocks while the queue is full); raises if the writer has failed."""
-        while True:
-            self._raise_if_failed()
-            try:
-                self._queue.put(shard, timeout=0.05)
-                return
-            except queue.Full:
-                continue
+        self._raise_if_failed()
+        self._put(shard)
+        self._raise_if_failed()
 
     def close(self) -> list[ShardRecord]:
         """Write what is queued, stop the thread, and return the records written (raises on failure)."""
-        while self._thread.is_alive():
-            try:
-                self._queue.put(None, timeout=0.05)
-                break
-            except queue.Full:
-                continue
+        self._put(None)
         self._thread.join()
         self._raise_if_failed()
         return self.records
+
+    def _put(self, item: PendingShard | None) -> None:
+        """Queue ``item``, waiting while the queue is full, unless the thread stops (it failed) meanwhile."""
+        while self._thread.is_alive():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

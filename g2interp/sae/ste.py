@@ -24,8 +24,12 @@ def rectangle(u: Tensor) -> Tensor:
     return ((u > -0.5) & (u < 0.5)).to(u.dtype)
 
 
-def _sum_to_threshold(grad_BF: Tensor, threshold: Tensor) -> Tensor:
-    """Sum a per-element gradient over the leading (batch) dims down to the threshold's shape."""
+def _threshold_grad(ctx: Any, grad_out: Tensor, height: Tensor | float) -> Tensor | None:
+    """``-(height/ε) · K((z - θ)/ε) · grad_out`` summed over the batch dims to θ's shape (None if unneeded)."""
+    if not ctx.needs_input_grad[1]:
+        return None
+    pre, threshold = ctx.saved_tensors
+    grad_BF = -(height / ctx.bandwidth) * rectangle((pre - threshold) / ctx.bandwidth) * grad_out
     return grad_BF.reshape(-1, grad_BF.shape[-1]).sum(0).reshape(threshold.shape)
 
 
@@ -41,13 +45,8 @@ class JumpReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         pre, threshold = ctx.saved_tensors
-        bandwidth = ctx.bandwidth
         grad_pre = (pre > threshold).to(grad_out.dtype) * grad_out if ctx.needs_input_grad[0] else None
-        grad_threshold = None
-        if ctx.needs_input_grad[1]:
-            kernel = rectangle((pre - threshold) / bandwidth)
-            grad_threshold = _sum_to_threshold(-(threshold / bandwidth) * kernel * grad_out, threshold)
-        return grad_pre, grad_threshold, None
+        return grad_pre, _threshold_grad(ctx, grad_out, threshold), None
 
 
 class Step(torch.autograd.Function):
@@ -61,13 +60,7 @@ class Step(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[None, Tensor | None, None]:
-        pre, threshold = ctx.saved_tensors
-        bandwidth = ctx.bandwidth
-        grad_threshold = None
-        if ctx.needs_input_grad[1]:
-            kernel = rectangle((pre - threshold) / bandwidth)
-            grad_threshold = _sum_to_threshold(-(1.0 / bandwidth) * kernel * grad_out, threshold)
-        return None, grad_threshold, None
+        return None, _threshold_grad(ctx, grad_out, 1.0), None
 
 
 def jumprelu(
