@@ -92,10 +92,6 @@ def plan_epoch(unit_rows: Sequence[int], buffer_rows: int, seed: int, epoch: int
     return windows
 
 
-def window_permutation(n_rows: int, seed: int, epoch: int, window: int) -> Tensor:
-    return torch.from_numpy(np.random.default_rng([seed, epoch, window]).permutation(n_rows))
-
-
 class ActivationBatches(Iterator):
     """Shuffled batches of activations; ``position`` counts the batches consumed (pass it as ``start``).
 
@@ -233,7 +229,7 @@ class ActivationBatches(Iterator):
             pending = self._load_async(windows[w + 1]) if w + 1 < len(windows) else None
             if rows.n_rows != sizes[w]:
                 raise StoreError(f"window {w} of epoch {epoch} has {rows.n_rows} rows, expected {sizes[w]}")
-            perm = window_permutation(sizes[w], self.seed, epoch, w)
+            perm = torch.from_numpy(np.random.default_rng([self.seed, epoch, w]).permutation(sizes[w]))
             rows = rows.take(perm[offset:] if w == first else perm)
             if leftover is not None:
                 rows = Rows.cat([leftover, rows])

@@ -190,15 +190,10 @@ class Manifest:
     def fingerprint(self) -> str:
         """What the activations are: model, corpus, packing and exclusions (not the hooks, dtype or
         folder), as :func:`activations_fingerprint` computes it for an on-the-fly source too."""
-        identity = self.identity
-        contexts = {
-            k: v
-            for k, v in identity.items()
-            if k not in ("dtype", "hooks", "model_fingerprint", "corpus_fingerprint")
-        }
-        return activations_fingerprint(
-            contexts, identity["model_fingerprint"], identity["corpus_fingerprint"]
-        )
+        identity = dict(self.identity)
+        model_fp, corpus_fp = identity.pop("model_fingerprint"), identity.pop("corpus_fingerprint")
+        contexts = {k: v for k, v in identity.items() if k not in ("dtype", "hooks")}
+        return activations_fingerprint(contexts, model_fp, corpus_fp)
 
     def missing_shards(self) -> list[int]:
         done = {s.index for s in self.shards}
@@ -206,12 +201,11 @@ class Manifest:
 
     def with_shards(self, records: Iterable[ShardRecord], *, complete: bool | None = None) -> Manifest:
         """A copy holding these shard records (deduplicated by index) with the statistics recomputed."""
-        by_index: dict[int, ShardRecord] = {r.index: r for r in self.shards}
-        by_index.update({r.index: r for r in records})
+        by_index = {r.index: r for r in (*self.shards, *records)}  # a new record replaces an old one
         shards = tuple(by_index[i] for i in sorted(by_index))
+        rows = sum(s.rows for s in shards)
         hooks = {}
         for name, info in self.hooks.items():
-            rows = sum(s.rows for s in shards)
             total = 0.0
             for s in shards:  # summed in shard order, so any split across ranks gives the same float
                 total += s.sum_squared_norm[name]

@@ -100,14 +100,6 @@ class LatentDashboard(NamedTuple):
         return self.n_fired == 0
 
 
-def resolve_folder(folder: str | Path) -> Path:
-    """The dashboards folder of ``folder``: itself, or ``folder/dashboards`` for an SAE folder."""
-    folder = Path(folder)
-    if (folder / DASHBOARD_MANIFEST_FILE).is_file():
-        return folder
-    return folder / DASHBOARDS_DIR
-
-
 @dataclass
 class Dashboards:
     """The dashboards of one SAE (see :mod:`g2interp.dashboards.build`)."""
@@ -124,12 +116,14 @@ class Dashboards:
     @classmethod
     def load(cls, folder: str | Path) -> Dashboards:
         """Read the dashboards in ``folder`` (a dashboards folder, or an SAE folder holding ``dashboards/``)."""
-        path = resolve_folder(folder)
+        path = Path(folder)
+        if not (path / DASHBOARD_MANIFEST_FILE).is_file():  # an SAE folder
+            path = path / DASHBOARDS_DIR
         manifest_path = path / DASHBOARD_MANIFEST_FILE
         if not manifest_path.is_file() or not (path / DASHBOARD_TENSORS_FILE).is_file():
             raise DashboardsNotFoundError(
                 f"no dashboards in {Path(folder)} (no {DASHBOARDS_DIR}/{DASHBOARD_MANIFEST_FILE}); build them "
-                f"with `g2interp dashboards --sae {Path(folder)} --data CORPUS`"
+                f"with `g2interp dashboards --sae {Path(folder)}`"
             )
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("format") != DASHBOARD_FORMAT:
