@@ -205,7 +205,7 @@ prints the verdict as JSON (exit 0 allowed, 1 blocked, 2 bad input). Custom poli
 
 `python experiments/train_moderation_probes.py` (splits, feature cache, model selection, heads) then
 `python experiments/eval_moderation.py` (this section) reproduce everything below; `python bench/moderation.py`
-measures speed and memory. The data are the normalised sets in `/work/shared/data` (70 % of each original;
+measures speed and memory. The data are the normalised sets in `../shared/data` (70 % of each original;
 the rest is held out elsewhere); big sets were subsampled (davidson, diasafety, havoc, jigsaw: 1,500 rows
 each, davidson 1,200 with a known `unsafe` label + 300 "offensive" rows) and every set split 60/20/20,
 stratified by `unsafe`, seed 20240731 (recorded in `g2interp/moderation/heads/splits.json`). Heads are

@@ -1,4 +1,4 @@
-"""Train the probe heads of the embedded moderator (g2interp/moderation/heads/) from /work/shared/data.
+"""Train the probe heads of the embedded moderator (g2interp/moderation/heads/) from the shared data (``../shared/data`` beside the repository).
 
 Stages (each cached under ``runs/moderation/``, so reruns are cheap):
 
@@ -45,7 +45,7 @@ from g2interp.moderation.policies import HarmType  # noqa: E402
 
 logger = logging.getLogger("train_moderation_probes")
 
-DATA_DIR = Path("/work/shared/data")
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data of the checkout
 RUN_DIR = ROOT / "runs" / "moderation"
 FEATURE_DIR = RUN_DIR / "features"
 SPLITS_FILE = RUN_DIR / "splits.json"
@@ -516,7 +516,7 @@ def train(splits: dict) -> None:
         "script": "experiments/train_moderation_probes.py",
         "seed": SEED,
         "max_text_tokens": MAX_TEXT_TOKENS,
-        "data": "/work/shared/data (see g2interp/moderation/heads/splits.json)",
+        "data": "../shared/data of the checkout (see g2interp/moderation/heads/splits.json)",
         "model": "embedded gemma-3-270m (GGUF Q4_K_M), fp32 CPU",
         "template": "ShieldGemma prompt template (response template for rows of kind 'response'), features from the text part",
     }
