@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 import warnings
-from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookedRootModule, HookPoint
 
@@ -18,6 +19,10 @@ from g2interp.model.attention import AttentionMasks
 from g2interp.model.kv_cache import KVCache
 from g2interp.model.layers import GemmaBlock, RMSNorm, RotaryEmbedding, embed_scale
 from g2interp.tokenizer import GemmaTokenizer
+
+if TYPE_CHECKING:
+    from g2interp.model.generation import GenerationOutput
+    from g2interp.sae.splice import SAEAt, Splice, SteerSpec
 
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
@@ -133,21 +138,24 @@ class HookedGemma(HookedRootModule):
         return logits_BQV
 
     # ------------------------------------------------------------------ caching
-    def resolve_hook_names(self, names_filter: NamesFilter) -> list[str]:
-        """The hook names a filter selects; unknown names raise with the closest valid names."""
+    def resolve_hook_names(
+        self, names_filter: NamesFilter, extra: Mapping[str, HookPoint] | None = None
+    ) -> list[str]:
+        """The hook names a filter selects; unknown names raise with the closest valid names.
+
+        ``extra`` adds hook points outside the model (a spliced SAE's ``<hook>.hook_sae_*``).
+        """
+        valid = self.hook_names + list(extra or {})
         if names_filter is None:
-            return self.hook_names
+            return valid
         if callable(names_filter):
-            return [n for n in self.hook_dict if names_filter(n)]
+            return [n for n in valid if names_filter(n)]
         names = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+        known = set(valid)
         for name in names:
-            if name not in self.hook_dict:
-                close = difflib.get_close_matches(name, self.hook_names, n=5, cutoff=0.5)
-                hint = (
-                    f"closest valid names: {close}"
-                    if close
-                    else f"valid names look like {self.hook_names[:6]}"
-                )
+            if name not in known:
+                close = difflib.get_close_matches(name, valid, n=5, cutoff=0.5)
+                hint = f"closest valid names: {close}" if close else f"valid names look like {valid[:6]}"
                 raise KeyError(
                     f"unknown hook name {name!r}; {hint} (model.hook_names lists all {len(self.hook_dict)})"
                 )
@@ -172,24 +180,88 @@ class HookedGemma(HookedRootModule):
         attention_mask: Int[Tensor, "batch pos"] | None = None,
         stop_at_layer: int | Literal["auto"] | None = None,
         device: torch.device | str | None = None,
+        saes: SAEAt | Sequence[SAEAt] = (),
+        use_error_term: bool = False,
     ) -> CacheResult:
         """Run once, keeping the activations of the selected hooks.
 
         ``stop_at_layer=None`` computes logits (as TransformerLens); an int stops after that many
         blocks; ``"auto"`` stops after the deepest block the selected hooks live in.
+
+        ``saes`` are spliced in for the run (as :meth:`saes`), and their hook points join the names
+        ``names_filter`` selects from: ``<hook>.hook_sae_input``, ``.hook_sae_acts_pre``,
+        ``.hook_sae_acts_post``, ``.hook_sae_recons``, ``.hook_sae_error`` (with ``use_error_term``)
+        and ``.hook_sae_output``, SAELens's names. The cached ``<hook>`` itself is what flows on
+        (the SAE's output).
         """
-        names = self.resolve_hook_names(names_filter)
-        if stop_at_layer == "auto":
-            deepest = self.deepest_layer(names)
-            stop_at_layer = None if deepest is None else deepest + 1
         cache: dict[str, Tensor] = {}
 
         def save(tensor: Tensor, hook: HookPoint) -> None:
             cache[hook.name] = tensor.detach() if device is None else tensor.detach().to(device)
 
-        with torch.no_grad(), self.hooks(fwd_hooks=[(n, save) for n in names]):
+        with contextlib.ExitStack() as stack:
+            spliced = stack.enter_context(self.saes(saes, use_error_term=use_error_term)) if saes else None
+            extra = spliced.hook_dict if spliced is not None else {}
+            names = self.resolve_hook_names(names_filter, extra)
+            if stop_at_layer == "auto":
+                deepest = self.deepest_layer(names)
+                stop_at_layer = None if deepest is None else deepest + 1
+            hooks = [(n, save) for n in names]
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(spliced.hooks(hooks) if spliced is not None else self.hooks(fwd_hooks=hooks))
             output = self.forward(tokens, attention_mask, stop_at_layer=stop_at_layer)
         return CacheResult(output, cache)
+
+    # ------------------------------------------------------------------ SAEs inside the model
+    def saes(
+        self,
+        saes: SAEAt | Sequence[SAEAt],
+        *,
+        use_error_term: bool = False,
+        positions: Bool[Tensor, "batch pos"] | None = None,
+    ) -> contextlib.AbstractContextManager[Splice]:
+        """Context manager: inside it, each SAE's reconstruction replaces its hook's activation.
+
+        SAELens's ``HookedSAETransformer.saes``; see :func:`g2interp.sae.splice.splice`. Always
+        detaches on exit, also when the block raises.
+        """
+        from g2interp.sae.splice import splice
+
+        return splice(self, saes, use_error_term=use_error_term, positions=positions)
+
+    def run_with_saes(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        saes: SAEAt | Sequence[SAEAt],
+        *,
+        use_error_term: bool = False,
+        fwd_hooks: Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]] = (),
+        **kwargs: Any,
+    ) -> Float[Tensor, "batch pos d_vocab_or_d_model"]:
+        """Logits with the SAEs spliced in (``kwargs`` go to :meth:`forward`).
+
+        ``fwd_hooks`` may name the SAEs' hook points (``<hook>.hook_sae_acts_post``, ...), e.g. to
+        edit latents, as SAELens's ``run_with_hooks_with_saes``.
+        """
+        with self.saes(saes, use_error_term=use_error_term) as spliced, spliced.hooks(fwd_hooks):
+            return self(tokens, **kwargs)
+
+    def steer(self, steer: Sequence[SteerSpec]) -> contextlib.AbstractContextManager[None]:
+        """Context manager: every forward pass inside it runs with SAE latents steered.
+
+        ``steer``: :class:`~g2interp.sae.splice.Steering` items, ``(sae, latent, value)`` (clamp) or
+        ``(sae, latent, (mode, value))`` with mode ``clamp``, ``add`` or ``scale``.
+        """
+        from g2interp.sae.splice import steered
+
+        return steered(self, steer)
+
+    def _steering_hooks(self, steer: Sequence[SteerSpec] | None) -> list[tuple[str, Any]]:
+        if not steer:
+            return []
+        from g2interp.sae.splice import steering_hooks
+
+        return steering_hooks(self, steer)
 
     def capture(
         self, tokens: Int[Tensor, "batch pos"], names: Sequence[str], attention_mask: Tensor | None = None
@@ -294,8 +366,27 @@ class HookedGemma(HookedRootModule):
         return stop_at_layer
 
     # ------------------------------------------------------------------ generation
-    def generate(self, *args, **kwargs):
-        """Sample a continuation with a KV cache; see :func:`g2interp.model.generation.generate`."""
+    def generate(
+        self, *args: Any, steer: Sequence[SteerSpec] | None = None, **kwargs: Any
+    ) -> GenerationOutput:
+        """Sample a continuation with a KV cache; see :func:`g2interp.model.generation.generate`.
+
+        ``steer`` (as :meth:`steer` takes) steers SAE latents at every position, prompt and
+        generated tokens alike.
+        """
         from g2interp.model.generation import generate
 
-        return generate(self, *args, **kwargs)
+        hooks = [*kwargs.pop("fwd_hooks", ()), *self._steering_hooks(steer)]
+        return generate(self, *args, fwd_hooks=hooks, **kwargs)
+
+    def generate_stream(
+        self, *args: Any, steer: Sequence[SteerSpec] | None = None, **kwargs: Any
+    ) -> Iterator[int]:
+        """Decode one prompt token by token, yielding ids; see :func:`g2interp.model.generation.generate_stream`.
+
+        ``steer`` as for :meth:`generate`.
+        """
+        from g2interp.model.generation import generate_stream
+
+        hooks = [*kwargs.pop("fwd_hooks", ()), *self._steering_hooks(steer)]
+        return generate_stream(self, *args, fwd_hooks=hooks, **kwargs)

@@ -1,9 +1,13 @@
-"""Incremental decoding with a KV cache: greedy, temperature, top-k and nucleus sampling."""
+"""Incremental decoding with a KV cache: greedy, temperature, top-k and nucleus sampling.
+
+One decode loop (:func:`_decode_steps`) serves both :func:`generate` (a whole batch at once) and
+:func:`generate_stream` (one prompt, token by token).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -45,7 +49,96 @@ def sample_next(logits_BV: Tensor, temperature: float, top_p: float, top_k: int 
     return torch.multinomial(probs_BV, 1, generator=generator)[:, 0]
 
 
+def _prepare(
+    model: HookedGemma,
+    prompt: str | Sequence[str] | Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    attention_mask: Tensor | None,
+    fwd_hooks: Sequence[tuple[str, Callable[..., Any]]],
+) -> tuple[Tensor, Tensor]:
+    """Validate the decoding arguments; the prompt's ids [B, P] and attention mask [B, P]."""
+    model.resolve_hook_names([name for name, _ in fwd_hooks if isinstance(name, str)])
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+    if isinstance(prompt, Tensor):
+        tokens_BP = model._check_tokens(prompt)
+        mask_BP = (
+            torch.ones_like(tokens_BP)
+            if attention_mask is None
+            else model._check_mask(attention_mask, tokens_BP)
+        )
+    else:
+        tokens_BP, mask_BP = model.tokenize(prompt, padding_side="left")
+    P = tokens_BP.shape[1]
+    if P + max_new_tokens > model.cfg.max_position_embeddings:
+        raise ValueError(
+            f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds max_position_embeddings "
+            f"({model.cfg.max_position_embeddings})"
+        )
+    return tokens_BP, mask_BP
+
+
 @torch.no_grad()
+def _decode_steps(
+    model: HookedGemma,
+    tokens_BP: Tensor,
+    mask_BP: Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int | None,
+    stop_at_eos: bool,
+    seed: int | None,
+    fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """The decode loop: yields ``(next_B, finished_B)`` once per new token, finished rows given the pad id.
+
+    The forward pass for step ``t + 1`` runs only when the consumer asks for it, so closing the
+    generator after a step costs no further forward pass. Stops once every row has finished (with
+    ``stop_at_eos``) or after ``max_new_tokens`` steps. ``fwd_hooks`` are attached around each
+    forward pass (the prompt's and every step's) and detached after it, so nothing stays attached
+    between the steps of a stream.
+    """
+    cfg = model.cfg
+    B, P = tokens_BP.shape
+    cache = KVCache(
+        cfg.n_layers, B, cfg.n_kv_heads, P + max_new_tokens, cfg.d_head, model.device, model.dtype
+    )
+
+    def forward(tokens_BQ: Tensor, mask_BQ: Tensor) -> Tensor:
+        """Last-position logits [B, V] of one forward pass on the cache, with ``fwd_hooks`` attached."""
+        if not fwd_hooks:
+            return model(tokens_BQ, mask_BQ, kv_cache=cache)[:, -1]
+        with model.hooks(fwd_hooks=list(fwd_hooks)):
+            return model(tokens_BQ, mask_BQ, kv_cache=cache)[:, -1]
+
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=model.device).manual_seed(seed)
+    eos = torch.tensor(cfg.eos_token_ids, device=model.device)
+    finished_B = torch.zeros(B, dtype=torch.bool, device=model.device)
+    logits_BV = forward(tokens_BP, mask_BP)
+    for step in range(max_new_tokens):
+        next_B = sample_next(logits_BV, temperature, top_p, top_k, generator)
+        next_B = torch.where(finished_B, torch.full_like(next_B, cfg.pad_token_id), next_B)
+        if stop_at_eos:
+            is_eos_B = torch.isin(next_B, eos)
+            finished_B = finished_B | is_eos_B
+        yield next_B, finished_B
+        if (stop_at_eos and bool(finished_B.all())) or step + 1 == max_new_tokens:
+            return
+        step_mask_B1 = (
+            (~finished_B | is_eos_B).long()[:, None] if stop_at_eos else torch.ones_like(next_B)[:, None]
+        )
+        logits_BV = forward(next_B[:, None], step_mask_B1)
+
+
 def generate(
     model: HookedGemma,
     prompt: str | Sequence[str] | Tensor,
@@ -57,61 +150,30 @@ def generate(
     stop_at_eos: bool = True,
     attention_mask: Tensor | None = None,
     seed: int | None = None,
+    fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
 ) -> GenerationOutput:
     """Continue ``prompt`` (text, texts, or ids [B, Q] left-padded with ``attention_mask``).
 
     ``temperature=0`` (default) is greedy decoding; otherwise sampling with optional top-k / top-p.
-    Rows that emit an EOS stop; the rest continue until ``max_new_tokens``.
+    Rows that emit an EOS stop; the rest continue until ``max_new_tokens``. ``fwd_hooks``
+    (TransformerLens ``(name, fn)`` pairs) run on every forward pass, the prompt's and each step's.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-    if isinstance(prompt, Tensor):
-        tokens = model._check_tokens(prompt)
-        mask = (
-            torch.ones_like(tokens) if attention_mask is None else model._check_mask(attention_mask, tokens)
-        )
-    else:
-        tokens, mask = model.tokenize(prompt, padding_side="left")
-    B, P = tokens.shape
-    total = P + max_new_tokens
-    if total > model.cfg.max_position_embeddings:
-        raise ValueError(
-            f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds max_position_embeddings "
-            f"({model.cfg.max_position_embeddings})"
-        )
+    tokens_BP, mask_BP = _prepare(
+        model, prompt, max_new_tokens, temperature, top_p, attention_mask, fwd_hooks
+    )
+    B = tokens_BP.shape[0]
     cfg = model.cfg
-    cache = KVCache(cfg.n_layers, B, cfg.n_kv_heads, total, cfg.d_head, model.device, model.dtype)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=model.device).manual_seed(seed)
-    eos = torch.tensor(cfg.eos_token_ids, device=model.device)
-    finished = torch.zeros(B, dtype=torch.bool, device=model.device)
-    new = torch.full((B, max_new_tokens), cfg.pad_token_id, dtype=torch.long, device=model.device)
-    logits = model(tokens, mask, kv_cache=cache)[:, -1]
-    n_done = 0
-    for step in range(max_new_tokens):
-        next_B = sample_next(logits, temperature, top_p, top_k, generator)
-        next_B = torch.where(finished, torch.full_like(next_B, cfg.pad_token_id), next_B)
-        new[:, step] = next_B
-        n_done = step + 1
-        if stop_at_eos:
-            finished |= torch.isin(next_B, eos)
-            if bool(finished.all()):
-                break
-        if step + 1 < max_new_tokens:
-            step_mask = (
-                (~finished | torch.isin(next_B, eos)).long()[:, None]
-                if stop_at_eos
-                else torch.ones_like(next_B)[:, None]
-            )
-            logits = model(next_B[:, None], step_mask, kv_cache=cache)[:, -1]
-    new = new[:, :n_done]
+    columns: list[Tensor] = []
+    finished_B = torch.zeros(B, dtype=torch.bool, device=model.device)
+    steps = _decode_steps(
+        model, tokens_BP, mask_BP, max_new_tokens, temperature, top_p, top_k, stop_at_eos, seed, fwd_hooks
+    )
+    for next_B, step_finished_B in steps:
+        columns.append(next_B)
+        finished_B = step_finished_B
+    new_BN = torch.stack(columns, dim=1)
     rows: list[list[int]] = []
-    for row in new.tolist():
+    for row in new_BN.tolist():
         out = []
         for t in row:
             out.append(t)
@@ -121,4 +183,48 @@ def generate(
     texts = (
         [model.tokenizer.decode(r, skip_special_tokens=True) for r in rows] if model.tokenizer else [""] * B
     )
-    return GenerationOutput(torch.cat([tokens, new], dim=1), rows, texts, [bool(f) for f in finished])
+    return GenerationOutput(torch.cat([tokens_BP, new_BN], dim=1), rows, texts, [bool(f) for f in finished_B])
+
+
+def generate_stream(
+    model: HookedGemma,
+    prompt: str | Sequence[str] | Tensor,
+    max_new_tokens: int = 32,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    stop_at_eos: bool = True,
+    attention_mask: Tensor | None = None,
+    seed: int | None = None,
+    fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
+) -> Iterator[int]:
+    """Continue one prompt token by token: yields each new id as soon as it is sampled.
+
+    Same arguments and the same ids as :func:`generate` (``list(generate_stream(...))`` equals
+    ``generate(...).new_tokens[0]``, EOS included), but for a batch of one: a text, a list of one
+    text, or ids [P] / [1, P]. The arguments are checked at the call, before anything runs; the
+    decoding runs as the iterator is consumed, and closing it (``close()``, ``break`` in a ``for``
+    loop that drops it, garbage collection) stops decoding with no further forward pass.
+    """
+    tokens_BP, mask_BP = _prepare(
+        model, prompt, max_new_tokens, temperature, top_p, attention_mask, fwd_hooks
+    )
+    if tokens_BP.shape[0] != 1:
+        raise ValueError(
+            f"generate_stream decodes one prompt; got a batch of {tokens_BP.shape[0]} "
+            "(pass one text or ids [P] / [1, P], or use generate for a batch)"
+        )
+    steps = _decode_steps(
+        model, tokens_BP, mask_BP, max_new_tokens, temperature, top_p, top_k, stop_at_eos, seed, fwd_hooks
+    )
+    return _single_row_ids(steps)
+
+
+def _single_row_ids(steps: Iterator[tuple[Tensor, Tensor]]) -> Iterator[int]:
+    """The ids of row 0 as ints; closing this closes the decode loop."""
+    try:
+        for next_B, _ in steps:
+            yield int(next_B[0])
+    finally:
+        steps.close()
