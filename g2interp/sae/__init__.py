@@ -1,5 +1,6 @@
-"""JumpReLU sparse autoencoders (Gemma Scope recipe): model, trainer, recipes, evaluations, and the run
-that trains them from an activation source (``train_saes``, the engine of ``g2interp train-sae``)."""
+"""JumpReLU sparse autoencoders (Gemma Scope recipe): model, trainer, recipes, evaluations, the run
+that trains them from an activation source (``train_saes``, the engine of ``g2interp train-sae``), and
+SAEs inside the model (``splice``, ``Steering``)."""
 
 from g2interp.distributed import DataParallel, init_data_parallel
 from g2interp.sae.checkpoint import CheckpointMismatchError
@@ -15,6 +16,7 @@ from g2interp.sae.evaluate import (
 from g2interp.sae.pipeline import EvalConfig, SAESpec, TrainedSAE, plan_saes, train_saes
 from g2interp.sae.recipes import RECIPES, Recipe, recipe
 from g2interp.sae.sae import JumpReLUSAE, SAEConfig, SAEFormatError
+from g2interp.sae.splice import Splice, SplicedSAE, Steering, splice, steered, steering_hooks
 from g2interp.sae.ste import JumpReLU, Step, rectangle
 from g2interp.sae.trainer import (
     NonFiniteError,
@@ -59,6 +61,9 @@ __all__ = [
     "SAESpec",
     "SAETrainer",
     "SAETrainingConfig",
+    "Splice",
+    "SplicedSAE",
+    "Steering",
     "Step",
     "StepMetrics",
     "StepStats",
@@ -77,7 +82,10 @@ __all__ = [
     "plan_saes",
     "recipe",
     "rectangle",
+    "splice",
     "steer_l0_coefficient",
+    "steered",
+    "steering_hooks",
     "train_saes",
     "train_together",
 ]

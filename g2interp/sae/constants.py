@@ -30,3 +30,14 @@ JUMPRELU_ARCHITECTURE = "jumprelu"
 #: Written as ``metadata.sae_lens_version``: the cfg.json layout is SAELens's >= 6.0 one, and SAELens
 #: reads a folder without this field as a pre-6.0 config and renames its keys.
 SAELENS_FORMAT_VERSION = "6.0.0"
+
+#: Hook points an SAE spliced into a model adds under its hook's name, e.g.
+#: ``blocks.6.hook_resid_post.hook_sae_acts_post``: SAELens's ``HookedSAETransformer`` names.
+SAE_SPLICE_HOOKS = (
+    "hook_sae_input",
+    "hook_sae_acts_pre",
+    "hook_sae_acts_post",
+    "hook_sae_recons",
+    "hook_sae_error",
+    "hook_sae_output",
+)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -22,6 +23,7 @@ from torch import Tensor
 from g2interp.files import atomic_write_text
 from g2interp.sae.constants import DELTA_LOSS_RESULTS_FILE, EVAL_RESULTS_FILE
 from g2interp.sae.sae import JumpReLUSAE
+from g2interp.sae.splice import HookedModel, splice
 
 if TYPE_CHECKING:
     from g2interp.activations.source import ActivationSource
@@ -174,12 +176,10 @@ def evaluate_sae(
     )
 
 
-class HookableLM(Protocol):
+class HookableLM(HookedModel, Protocol):
     """What :func:`delta_lm_loss` needs of a model (HookedGemma and TransformerLens models have it)."""
 
     def __call__(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor: ...
-
-    def run_with_hooks(self, *args: Any, fwd_hooks: list[tuple[str, Any]], **kwargs: Any) -> Tensor: ...
 
 
 @torch.no_grad()
@@ -219,32 +219,18 @@ def delta_lm_loss(
         if bos_token_id is not None:
             splice_BQ &= tokens != bos_token_id
 
-    def replace_with(fn: Any, splice_bq: Tensor) -> Any:
-        def hook(act: Tensor, hook: Any) -> Tensor:
-            B, Q = act.shape[:2]
-            act_BQD = act.reshape(B, Q, -1)
-            if act_BQD.shape[-1] != sae.cfg.d_in:
-                raise ValueError(
-                    f"{hook_name} gives activations of shape {tuple(act.shape)}; the SAE reads {sae.cfg.d_in}"
-                )
-            new_BQD = fn(act_BQD).to(act.dtype)
-            keep_BQ1 = splice_bq.to(act.device)[:, :, None]
-            return torch.where(keep_BQ1, new_BQD, act_BQD).reshape(act.shape)
-
-        return hook
-
-    def run(fn: Any) -> float:
+    def run(spliced: JumpReLUSAE) -> float:
         return _mean_nll(
             model,
             tokens,
             attention_mask,
             batch_size,
-            lambda rows: [(hook_name, replace_with(fn, splice_BQ[rows]))],
+            lambda rows: splice(model, [(hook_name, spliced)], positions=splice_BQ[rows]),
         )
 
     if ce_clean is None:
         ce_clean = next_token_loss(model, tokens, attention_mask=attention_mask, batch_size=batch_size)
-    ce_sae, ce_zero = run(lambda a: sae.decode(sae.encode(a))), run(torch.zeros_like)
+    ce_sae, ce_zero = run(sae), run(_zero_sae(sae))
     gap = ce_zero - ce_clean
     return DeltaLossResult(
         hook_name=hook_name,
@@ -270,21 +256,29 @@ def next_token_loss(
     return _mean_nll(model, tokens, attention_mask, batch_size, None)
 
 
+def _zero_sae(sae: JumpReLUSAE) -> JumpReLUSAE:
+    """An SAE like ``sae`` whose weights are all 0: its latents stay at 0 and its reconstruction is
+    exactly 0, so splicing it zero-ablates the activation."""
+    return JumpReLUSAE(replace(sae.cfg, d_sae=1, input_scale=1.0), device=sae.W_enc.device)
+
+
 def _mean_nll(
-    model: HookableLM, tokens: Tensor, attention_mask: Tensor | None, batch_size: int | None, hooks: Any
+    model: HookableLM,
+    tokens: Tensor,
+    attention_mask: Tensor | None,
+    batch_size: int | None,
+    context: Callable[[slice], AbstractContextManager[Any]] | None,
 ) -> float:
-    """Mean next-token NLL over real pairs, ``batch_size`` rows a pass; ``hooks(rows)`` gives each pass's
-    forward hooks (None: the unmodified model)."""
+    """Mean next-token NLL over real pairs, ``batch_size`` rows a pass; ``context(rows)`` is entered
+    around each pass (e.g. an SAE splice; None: the unmodified model)."""
     mask_BQ = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     total, n_tokens = 0.0, 0
     step = batch_size or tokens.shape[0]
     for start in range(0, tokens.shape[0], step):
         rows = slice(start, start + step)
         kwargs = {} if attention_mask is None else {"attention_mask": attention_mask[rows]}
-        if hooks is None:
+        with nullcontext() if context is None else context(rows):
             logits = model(tokens[rows], **kwargs)
-        else:
-            logits = model.run_with_hooks(tokens[rows], fwd_hooks=hooks(rows), **kwargs)
         nll, n = _next_token_nll(logits, tokens[rows], mask_BQ[rows])
         total, n_tokens = total + nll, n_tokens + n
     if n_tokens == 0:

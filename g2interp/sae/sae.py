@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
@@ -133,29 +133,55 @@ class JumpReLUSAE(nn.Module):
             raise ValueError(f"SAE reads d_in={self.cfg.d_in} features, got input of shape {tuple(x.shape)}")
         return x
 
-    def pre_activations(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
-        """Encoder pre-activations ``(x·s - b_dec·[apply_b_dec_to_input]) W_enc + b_enc`` (s = input_scale)."""
+    def pre_activations(
+        self, x: Float[Tensor, "*batch d_in"], latents: Int[Tensor, " n"] | None = None
+    ) -> Float[Tensor, "*batch d_sae_or_n"]:
+        """Encoder pre-activations ``(x·s - b_dec·[apply_b_dec_to_input]) W_enc + b_enc`` (s = input_scale).
+
+        ``latents`` (indices into ``d_sae``) computes only those columns, last dim ``n``.
+        """
         x_BD = self._flatten_in(x).to(self.W_enc.dtype)
         if self.cfg.input_scale != 1.0:
             x_BD = x_BD * self.cfg.input_scale
         if self.cfg.apply_b_dec_to_input:
             x_BD = x_BD - self.b_dec
-        return x_BD @ self.W_enc + self.b_enc  # SAELens's expression, so its outputs match bit for bit
+        if latents is None:
+            return x_BD @ self.W_enc + self.b_enc  # SAELens's expression, so its outputs match bit for bit
+        return x_BD @ self.W_enc[:, latents] + self.b_enc[latents]
 
-    def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
-        """Latent activations: pre-activations kept where they exceed the threshold, else 0."""
-        pre_BF = self.pre_activations(x)
+    def activation(
+        self, pre: Float[Tensor, "*batch d_sae_or_n"], latents: Int[Tensor, " n"] | None = None
+    ) -> Float[Tensor, "*batch d_sae_or_n"]:
+        """JumpReLU of pre-activations (of all latents, or of ``latents`` only)."""
+        threshold_F = self.threshold if latents is None else self.threshold[latents]
         # ReLU then the jump, as SAELens: identical while thresholds are >= 0, and never passes a
         # negative pre-activation if a checkpoint carries a negative threshold.
-        return torch.relu(pre_BF) * (pre_BF > self.threshold).to(pre_BF.dtype)
+        return torch.relu(pre) * (pre > threshold_F).to(pre.dtype)
+
+    def encode(
+        self, x: Float[Tensor, "*batch d_in"], latents: Int[Tensor, " n"] | None = None
+    ) -> Float[Tensor, "*batch d_sae_or_n"]:
+        """Latent activations: pre-activations kept where they exceed the threshold, else 0.
+
+        ``latents`` (indices into ``d_sae``) encodes only those latents, at the cost of ``n`` columns.
+        """
+        return self.activation(self.pre_activations(x, latents), latents)
 
     def decode(self, f: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
         """Reconstruction ``(f W_dec + b_dec) / s`` [..., d_in] (``forward`` restores a hook_z input's shape)."""
         f_BF = f.to(self.W_dec.dtype)
-        out_BD = f_BF @ self.W_dec + self.b_dec
-        if self.cfg.input_scale != 1.0:
-            out_BD = out_BD / self.cfg.input_scale
-        return out_BD
+        return self._unscale(f_BF @ self.W_dec + self.b_dec)
+
+    def decode_latents(
+        self, f: Float[Tensor, "*batch n"], latents: Int[Tensor, " n"]
+    ) -> Float[Tensor, "*batch d_in"]:
+        """The share ``f W_dec[latents] / s`` of the given latents in the reconstruction (no ``b_dec``)."""
+        f_BN = f.to(self.W_dec.dtype)
+        return self._unscale(f_BN @ self.W_dec[latents])
+
+    def _unscale(self, out_BD: Tensor) -> Tensor:
+        # Inputs were multiplied by input_scale before encoding; outputs are divided by it.
+        return out_BD / self.cfg.input_scale if self.cfg.input_scale != 1.0 else out_BD
 
     def forward(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_in"]:
         """Reconstruction of ``x`` (same shape as ``x``)."""
