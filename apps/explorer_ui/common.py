@@ -204,6 +204,9 @@ def sidebar() -> tuple[str, list[SAEEntry], SAEEntry | None]:
     bar.text_input(
         "Model",
         key="model_source",
-        help=f"for the Text and Moderation pages (env {ENV_MODEL}; default: the SAE's, from its provenance)",
+        help=(
+            "for the Features page's steering and the Text and Moderation pages "
+            f"(env {ENV_MODEL}; default: the SAE's, from its provenance)"
+        ),
     )
     return root, entries, chosen

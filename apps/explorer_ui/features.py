@@ -1,9 +1,10 @@
-"""Features page: browse an SAE's latents and read one latent's dashboard."""
+"""Features page: browse an SAE's latents, read one latent's dashboard, and steer it in a continuation."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from explorer_ui import steering
 from explorer_ui.common import build_hint, get_dashboards, latent_url
 from g2interp.dashboards import Dashboards, LatentDashboard, SAEEntry
 from g2interp.dashboards.figures import density_figure, effects_figure, histogram_figure, tokens_html
@@ -113,6 +114,8 @@ def render(entry: SAEEntry | None) -> None:
     dash = get_dashboards(entry)
     if dash is None:
         build_hint(entry)
+        shown = st.session_state.get("latent")  # e.g. opened from another page; else none to follow
+        steering.render(entry, int(shown) if shown is not None and 0 <= int(shown) < entry.d_sae else None)
         return
     browse(dash)
     densest = int(dash.order("density")[0])
@@ -120,4 +123,7 @@ def render(entry: SAEEntry | None) -> None:
     if not 0 <= int(st.session_state["latent"]) < dash.d_sae:
         st.session_state["latent"] = densest
     index = st.number_input("Latent", min_value=0, max_value=dash.d_sae - 1, step=1, key="latent")
-    show_latent(entry, dash.latent(int(index)))
+    lat = dash.latent(int(index))
+    show_latent(entry, lat)
+    st.divider()
+    steering.render(entry, lat.index, None if lat.dead else lat.max_activation)
