@@ -15,8 +15,8 @@ Scores the same texts four ways, with 1 and 4 policies (ShieldGemma's four harm 
 
 Each throughput is one pass over the texts (the probe, being quick: best of 3), on a machine that may be
 shared, so compare ratios within one run. Texts are cut from ``tests/fixtures/corpus_small.jsonl`` (public-domain / CC BY 4.0 prose) into pieces of
-8-96 words (seeded). Then ``check_prompt`` runs ``--calls`` times in sequence on one text at a time while
-the process RSS is sampled.
+8-96 words (seeded). Then ``check_prompt`` latency (p50 / p95) on one short prompt, and ``check_prompt`` ``--calls`` times in
+sequence on one text at a time while the process RSS is sampled.
 
     python bench/moderation.py [--texts 32] [--calls 1000] [--threads 1] [--out runs/moderation/bench.md]
 """
@@ -67,7 +67,8 @@ def main() -> None:
     parser.add_argument(
         "--full-logits-texts", type=int, default=8, help="texts for the full-logits reference (0: skip)"
     )
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the latency is quoted at 1)")
+    parser.add_argument("--latency-calls", type=int, default=200, help="check_prompt calls for p50 / p95")
     parser.add_argument("--out", type=Path, default=None, help="also write the printed tables to this file")
     args = parser.parse_args()
     lines: list[str] = []
@@ -128,6 +129,20 @@ def main() -> None:
     emit("\n| policies | scorer | texts/s | x naive |\n|---|---|---|---|")
     for n_pol, name, tps, ratio in rows:
         emit(f"| {n_pol} | {name} | {tps:.2f} | {ratio:.1f} |")
+
+    short = "How do I get a stuck jar lid open?"
+    lat = []
+    for _ in range(args.latency_calls):
+        t0 = time.perf_counter()
+        probe.check_prompt(short)
+        lat.append(time.perf_counter() - t0)
+    lat.sort()
+    p50, p95 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.95 * len(lat)))]
+    emit(
+        f"\ncheck_prompt latency on one short prompt ({len(probe.encoder.encode_prompt(short).ids)} template "
+        f"tokens, {args.latency_calls} calls, torch threads {torch.get_num_threads()}): "
+        f"p50 {p50 * 1e3:.1f} ms, p95 {p95 * 1e3:.1f} ms"
+    )
 
     proc = psutil.Process()
     samples = []

@@ -108,11 +108,12 @@ class Stages:
 def load_moderator(model):
     """(moderator or None, note): probe heads when shipped for this model, else the generative scorer."""
     try:
-        from g2interp.moderation import Moderator
+        from g2interp.moderation import DEFAULT_POLICIES, UNSAFE, Moderator
     except ImportError as exc:
         return None, f"g2interp.moderation is not importable ({exc})"
     try:
-        moderator = Moderator(model, scorer="auto")
+        # the overall (unsafe) probability first, then the four harm types on its scale
+        moderator = Moderator(model, [UNSAFE, *DEFAULT_POLICIES], scorer="auto")
     except (FileNotFoundError, ValueError) as exc:
         log.info("no probe heads (%s): the Moderator scores generatively", exc)
         return Moderator(model, scorer="generative"), "generative scorer, no probe heads"

@@ -90,6 +90,10 @@ DELEGATED = {
         "train and evaluate JumpReLU SAEs from an activation store (or on the fly)",
     ),
     "moderate": ("g2interp.moderation.cli", "harm probabilities of a prompt (and response) as JSON"),
+    "fit-policy": (
+        "g2interp.moderation.fit_cli",
+        "train a probe head for a custom policy from labelled JSONL",
+    ),
     "dashboards": ("g2interp.dashboards.cli", "precompute latent dashboards of an SAE for the explorer"),
 }
 

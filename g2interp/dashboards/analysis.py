@@ -145,7 +145,7 @@ def probe_layers(moderator: Any, policy: str) -> tuple[int, ...]:
     heads = getattr(moderator, "heads", None)
     if heads is None or policy not in heads.heads:
         return ()
-    return tuple(heads.heads[policy].cfg.layers)
+    return tuple(heads.heads[policy].cfg.all_layers)
 
 
 def explain_probe(
@@ -162,7 +162,7 @@ def explain_probe(
     The SAE must read ``blocks.L.hook_resid_post`` for a layer L the head reads.
     """
     from g2interp.constants import HOOK_RESID_POST
-    from g2interp.moderation.runner import pool_features
+    from g2interp.moderation.features import TokenFeatures
 
     layers = probe_layers(moderator, policy)
     if not layers:
@@ -174,28 +174,22 @@ def explain_probe(
     head = moderator.heads.heads[policy]
     encoder = moderator.encoder
     enc = encoder.encode_prompt(prompt) if response is None else encoder.encode_response(prompt, response)
-    hooks = [HOOK_RESID_POST.format(layer=x) for x in head.cfg.layers]
-    run = moderator.runner.run([enc], hooks=hooks, stop_at_layer=max(head.cfg.layers) + 1)
-    feats_1PLM = pool_features(run, [enc], head.cfg.layers, head.cfg.poolings).detach()
+    hooks = [HOOK_RESID_POST.format(layer=x) for x in layers]
+    run = moderator.runner.run([enc], hooks=hooks, stop_at_layer=max(layers) + 1)
+    feats = TokenFeatures.from_run(run, [enc], layers, [enc.text])
     x_TD = run.acts[HOOK_RESID_POST.format(layer=layer)][0].float().to(sae.W_enc.device)
     with torch.enable_grad():
         f_TF = sae.encode(x_TD).detach().float().requires_grad_(True)
         err_TD = (x_TD - sae.decode(f_TF)).detach().requires_grad_(True)
         x_hat_TD = sae.decode(f_TF).float() + err_TD  # equals x_TD; the split sets what the gradient reaches
         start, end = enc.pool.start - enc.n_shared, enc.pool.end - enc.n_shared
-        last = int(run.lengths_B[0]) - 1
-        pooled = []
-        for pooling in head.cfg.poolings:  # the poolings of runner.pool_features, differentiably
-            if pooling == "mean":
-                pooled.append(x_hat_TD[start:end].mean(0))
-            elif pooling == "max":
-                pooled.append(x_hat_TD[start:end].max(0).values)
-            else:
-                pooled.append(x_hat_TD[last])
-        slot = head.cfg.layers.index(layer)
-        feats = feats_1PLM.to(x_hat_TD.device).clone()
-        feats[0, :, slot] = torch.stack(pooled)
-        logit_1 = head.logit(head.select(feats, head.cfg.layers, head.cfg.poolings).to(head.mean_F.device))
+        slot = layers.index(layer)
+        acts_TLM, last_1LM = feats.acts_TLM.clone(), feats.last_NLM.clone()
+        acts_TLM[:, slot] = x_hat_TD[start:end].cpu()
+        last_1LM[0, slot] = x_hat_TD[int(run.lengths_B[0]) - 1].cpu()
+        spliced = TokenFeatures(acts_TLM, feats.offsets, last_1LM, feats.layers, feats.texts)
+        a, b = head.cfg.platt
+        logit_1 = a * head.raw(spliced) + b  # the head's own calibrated logit
         logit_1.sum().backward()
     attr_F = (f_TF.detach() * f_TF.grad).sum(0).cpu()
     error_term = float((err_TD.detach() * err_TD.grad).sum())

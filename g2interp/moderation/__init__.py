@@ -1,8 +1,10 @@
 """ShieldGemma-style harm scoring: policies, templates, generative and probe scorers, guarded generation."""
 
 from g2interp.moderation.config import ModeratorConfig
+from g2interp.moderation.features import TokenFeatures
 from g2interp.moderation.generative import score_naive
-from g2interp.moderation.moderator import GuardedGeneration, Moderator, Verdict, guarded_generate
+from g2interp.moderation.guard import GuardedGeneration, guarded_generate
+from g2interp.moderation.moderator import Moderator, Verdict
 from g2interp.moderation.policies import (
     BUILTIN_POLICIES,
     DEFAULT_POLICIES,
@@ -11,14 +13,14 @@ from g2interp.moderation.policies import (
     HarmType,
     Policy,
 )
-from g2interp.moderation.probe import HeadConfig, HeadSet, ProbeHead, extract_features
-from g2interp.moderation.runner import POOLINGS, PrefixRunner
+from g2interp.moderation.policy_fit import PolicyFit
+from g2interp.moderation.probe import HeadConfig, HeadSet, ProbeHead
+from g2interp.moderation.runner import PrefixRunner
 from g2interp.moderation.template import EncodedText, TemplateEncoder, render
 
 __all__ = [
     "BUILTIN_POLICIES",
     "DEFAULT_POLICIES",
-    "POOLINGS",
     "SHIELDGEMMA_POLICIES",
     "UNSAFE",
     "EncodedText",
@@ -29,11 +31,12 @@ __all__ = [
     "Moderator",
     "ModeratorConfig",
     "Policy",
+    "PolicyFit",
     "PrefixRunner",
     "ProbeHead",
     "TemplateEncoder",
+    "TokenFeatures",
     "Verdict",
-    "extract_features",
     "guarded_generate",
     "render",
     "score_naive",

@@ -35,6 +35,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         metavar="NAME=DEFINITION",
         help="a policy of your own, e.g. spam='\"No Spam\": The prompt shall not advertise.' (repeatable)",
     )
+    parser.add_argument(
+        "--heads",
+        default=None,
+        help="a heads folder (e.g. written by g2interp fit-policy) instead of the shipped one",
+    )
     parser.add_argument("--threshold", type=float, default=None, help="one threshold for every policy")
     parser.add_argument(
         "--max-text-tokens", type=int, default=1024, help="longer texts are cut (first and last halves kept)"
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.checkpoint:
         moderator = Moderator.from_checkpoint(args.checkpoint, policies, config=config, device=args.device)
     else:
-        moderator = Moderator.load(policies, config=config, device=args.device)
+        moderator = Moderator.load(policies, config=config, device=args.device, heads=args.heads)
     if args.response is None:
         verdict = moderator.check_prompt(args.text, args.threshold)
     else:

@@ -26,10 +26,12 @@ from torch import Tensor
 from g2interp.constants import HOOK_RESID_POST
 from g2interp.model.gemma import HookedGemma
 from g2interp.moderation.config import ModeratorConfig
+from g2interp.moderation.features import TokenFeatures
 from g2interp.moderation.generative import gap_free, score_suffixes
-from g2interp.moderation.policies import BUILTIN_POLICIES, Policy, resolve_policies
-from g2interp.moderation.probe import SHIPPED_HEADS_DIR, HeadSet
-from g2interp.moderation.runner import PrefixRunner, length_buckets, pool_features
+from g2interp.moderation.policies import BUILTIN_POLICIES, Policy, fitted_policy, resolve_policies
+from g2interp.moderation.policy_fit import PolicyFit, fit_policy
+from g2interp.moderation.probe import SHIPPED_HEADS_DIR, HeadSet, ProbeHead
+from g2interp.moderation.runner import PrefixRunner, length_buckets
 from g2interp.moderation.template import EncodedText, TemplateEncoder
 
 logger = logging.getLogger(__name__)
@@ -54,21 +56,6 @@ class Verdict(NamedTuple):
     @property
     def blocked(self) -> bool:
         return not self.allowed
-
-
-class GuardedGeneration(NamedTuple):
-    """What ``guarded_generate`` returns."""
-
-    text: str | None
-    """The model's continuation when both checks passed; None when blocked."""
-    allowed: bool
-    """Whether ``text`` was released."""
-    refusal: str | None
-    """Why it was blocked (which check, which policies); None when allowed."""
-    prompt_verdict: Verdict
-    """The pre-filter's verdict on the prompt (every score)."""
-    response_verdict: Verdict | None
-    """The post-filter's verdict on the continuation; None if the prompt was blocked or nothing was generated."""
 
 
 def _as_texts(texts: str | Sequence[str], what: str) -> list[str]:
@@ -107,14 +94,29 @@ class Moderator:
             raise ValueError(f"scorer must be 'auto', 'probe' or 'generative', got {scorer!r}")
         self.model = model
         self.config = config or ModeratorConfig()
-        self.policies = resolve_policies(policies)
         self.encoder = TemplateEncoder(model.tokenizer, self.config.max_text_tokens, self.config.overflow)
         self.runner = PrefixRunner(model)
         self.heads = self._resolve_heads(scorer, heads)
+        if not isinstance(policies, (str, Policy)) and policies is not None:
+            policies = [self._fitted(p) if isinstance(p, str) else p for p in policies]
+        elif isinstance(policies, str):
+            policies = [self._fitted(policies)]
+        self.policies = resolve_policies(policies)
+        self._split_policies()
+
+    def _fitted(self, name: str) -> Policy | str:
+        """A policy name with a head fitted from examples (not a built-in) becomes that head's policy."""
+        if self.heads is not None and name in self.heads.heads and name not in BUILTIN_POLICIES:
+            return fitted_policy(name)
+        return name
+
+    def _split_policies(self) -> None:
         has_head = set(self.heads.heads) if self.heads is not None else set()
         # A head knows one wording: it scores the built-in policy of its name, never a redefinition.
         self.probe_policies = tuple(
-            p for p in self.policies if p.name in has_head and BUILTIN_POLICIES.get(p.name) == p
+            p
+            for p in self.policies
+            if p.name in has_head and BUILTIN_POLICIES.get(p.name, fitted_policy(p.name)) == p
         )
         self.generative_policies = tuple(p for p in self.policies if p not in self.probe_policies)
         if self.heads is not None and self.generative_policies:
@@ -122,6 +124,45 @@ class Moderator:
                 "no probe head for %s: scored generatively (P(Yes)) on the same model",
                 [p.name for p in self.generative_policies],
             )
+
+    def add_head(self, head: ProbeHead, *, replace: bool = False) -> None:
+        """Add a head for a custom policy (see ``fit_policy``); its policy joins ``self.policies``."""
+        if self.heads is None:
+            raise ValueError("this moderator scores generatively; fitted heads need the probe scorer")
+        self.heads = self.heads.with_head(head, replace=replace)
+        name = head.cfg.name
+        self.policies = (*(p for p in self.policies if p.name != name), fitted_policy(name))
+        self._split_policies()
+
+    def fit_policy(self, name: str, texts: Sequence[str], labels: Sequence, **kwargs) -> PolicyFit:
+        """Train and calibrate a probe head for a new policy from labelled examples (1 = violates).
+
+        A few hundred examples fit in well under a minute on a CPU; ``prompts=`` makes ``texts`` responses.
+        The head joins this moderator (and ``save_heads`` writes it beside the others).
+        """
+        return fit_policy(self, name, texts, labels, **kwargs)
+
+    def save_heads(self, folder: str | os.PathLike) -> None:
+        """Write every head (shipped and fitted) as a heads folder that ``Moderator(..., heads=folder)`` reads."""
+        if self.heads is None:
+            raise ValueError("this moderator has no probe heads to save")
+        self.heads.save(folder)
+
+    def token_features(self, encoded: Sequence[EncodedText], layers: Sequence[int]) -> TokenFeatures:
+        """Token features of encoded texts at ``layers`` (one text-part forward each, stopped early)."""
+        hooks = [HOOK_RESID_POST.format(layer=x) for x in layers]
+        if max(layers) >= self.model.cfg.n_layers:
+            raise ValueError(
+                f"layer {max(layers)} does not exist: the model has {self.model.cfg.n_layers} blocks"
+            )
+        parts, order = [], []
+        for idx in length_buckets(encoded, self.config.batch_size, self.config.max_batch_tokens):
+            batch = [encoded[i] for i in idx]
+            run = self.runner.run(batch, hooks=hooks, stop_at_layer=max(layers) + 1)
+            parts.append(TokenFeatures.from_run(run, batch, layers, [e.text for e in batch]))
+            order.extend(idx)
+        feats = TokenFeatures.cat(parts)
+        return feats.subset(torch.argsort(torch.tensor(order)))
 
     def _resolve_heads(self, scorer: str, heads) -> HeadSet | None:
         if scorer == "generative":
@@ -147,12 +188,13 @@ class Moderator:
         *,
         config: ModeratorConfig | None = None,
         device: str | torch.device | None = None,
+        heads: HeadSet | str | os.PathLike | None = None,
     ) -> Moderator:
-        """The embedded Gemma 3 270M with the shipped probe heads (fp32)."""
+        """The embedded Gemma 3 270M with the shipped probe heads (or a heads folder of yours), fp32."""
         from g2interp.loading import load_model
 
         model = load_model(device=device, dtype=torch.float32)
-        return cls(model, policies, scorer="probe", config=config)
+        return cls(model, policies, scorer="probe", heads=heads, config=config)
 
     @classmethod
     def from_checkpoint(
@@ -231,8 +273,9 @@ class Moderator:
                 batch = [encoded[i] for i in group]
                 run = self.runner.run(batch, hooks=hooks, stop_at_layer=stop, extra_len=longest)
                 if self.probe_policies:
-                    feats = pool_features(run, batch, self.heads.layers, self.heads.poolings)
-                    preds = self.heads.predict(feats, self.heads.layers, self.heads.poolings)
+                    texts = [e.text for e in batch] if self.heads.reads_text else None
+                    feats = TokenFeatures.from_run(run, batch, self.heads.layers, texts)
+                    preds = self.heads.predict(feats, [p.name for p in self.probe_policies])
                     for col, p in zip(probe_cols, self.probe_policies, strict=True):
                         out[group, col] = preds[p.name].float()
                 if suffixes:
@@ -287,26 +330,3 @@ class Moderator:
         encoded = self.encoder.encode_response(prompt, response)
         scores = self._as_dicts(self.score_encoded([encoded]))[0]
         return self._verdict(scores, limits, encoded.truncated)
-
-
-def guarded_generate(
-    model: HookedGemma,
-    prompt: str,
-    moderator: Moderator,
-    thresholds: Thresholds = None,
-    **generation_args,
-) -> GuardedGeneration:
-    """Check the prompt, generate, check the continuation; release it only if both pass.
-
-    ``generation_args`` go to ``model.generate`` (``max_new_tokens``, ``temperature``, ``seed``...).
-    """
-    pre = moderator.check_prompt(prompt, thresholds)
-    if pre.blocked:
-        return GuardedGeneration(None, False, f"prompt blocked by {', '.join(pre.tripped)}", pre, None)
-    text = model.generate(prompt, **generation_args).texts[0]
-    if not text.strip():
-        return GuardedGeneration(text, True, None, pre, None)
-    post = moderator.check_response(prompt, text, thresholds)
-    if post.blocked:
-        return GuardedGeneration(None, False, f"response withheld: {', '.join(post.tripped)}", pre, post)
-    return GuardedGeneration(text, True, None, pre, post)

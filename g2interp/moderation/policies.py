@@ -143,3 +143,8 @@ def resolve_policies(policies: Iterable[Policy | str] | None) -> tuple[Policy, .
     if dupes:
         raise ValueError(f"policy names must be unique; repeated: {dupes}")
     return tuple(out)
+
+
+def fitted_policy(name: str) -> Policy:
+    """The policy of a head fitted from labelled examples: its name is all a user gives."""
+    return Policy(name, f'"{name}": as learned from labelled examples by a probe head.')

@@ -13,14 +13,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from g2interp.constants import HOOK_RESID_POST
 from g2interp.model.gemma import HookedGemma
 from g2interp.model.kv_cache import KVCache
 from g2interp.moderation.template import EncodedText
-
-POOLINGS = ("mean", "max", "last")
-"""Ways to pool a layer's residual stream into one vector: over the classified text's tokens (mean,
-max), or the text part's last token (the ``*`` that introduces the policy, which has read the whole text)."""
 
 
 class PrefixRun(NamedTuple):
@@ -138,28 +133,3 @@ class PrefixRunner:
                 tokens_BT.to(device), mask_BT.to(device), stop_at_layer=n_blocks, kv_cache=cache
             )
         return PrefixRun(cache, mask_BT.sum(1).to(device), acts, resid_BTM)
-
-
-def pool_features(
-    run: PrefixRun, batch: Sequence[EncodedText], layers: Sequence[int], poolings: Sequence[str]
-) -> Float[Tensor, "batch n_pool n_layer d_model"]:
-    """Pooled residual streams (fp32): per pooling and layer, one vector per text."""
-    unknown = [p for p in poolings if p not in POOLINGS]
-    if unknown:
-        raise ValueError(f"unknown pooling {unknown}; choose from {POOLINGS}")
-    B = len(batch)
-    M = run.resid_BTM.shape[-1]
-    out = torch.empty(B, len(poolings), len(layers), M, dtype=torch.float32, device=run.resid_BTM.device)
-    for j, layer in enumerate(layers):
-        acts_BTM = run.acts[HOOK_RESID_POST.format(layer=layer)].float()
-        for b, enc in enumerate(batch):
-            start, end = enc.pool.start - enc.n_shared, enc.pool.end - enc.n_shared
-            span_SM = acts_BTM[b, start:end]
-            for i, pooling in enumerate(poolings):
-                if pooling == "mean":
-                    out[b, i, j] = span_SM.mean(0)
-                elif pooling == "max":
-                    out[b, i, j] = span_SM.max(0).values
-                else:
-                    out[b, i, j] = acts_BTM[b, int(run.lengths_B[b]) - 1]
-    return out

@@ -85,6 +85,8 @@ class EncodedText(NamedTuple):
     """Whether this is the prompt-response template."""
     truncated: bool
     """Whether a text was cut to ``max_text_tokens``."""
+    text: str = ""
+    """The classified text as given (the prompt; or the reply), what lexical heads read."""
 
 
 class TemplateEncoder:
@@ -161,7 +163,7 @@ class TemplateEncoder:
         user, cut = self._text(text, "text")
         tail = [*self._fixed("\n"), self.end_id, *self._fixed(PRINCIPLE_INTRO)]
         span = Span(len(pre), len(pre) + len(user))
-        return EncodedText((*pre, *user, *tail), len(pre), span, span, False, cut)
+        return EncodedText((*pre, *user, *tail), len(pre), span, span, False, cut, text)
 
     def encode_response(self, prompt: str, response: str) -> EncodedText:
         """The prompt-response template (the reply is classified), up to the policy; the prompt may be empty."""
@@ -180,7 +182,7 @@ class TemplateEncoder:
         r_start = p_span.end + len(mid)
         r_span = Span(r_start, r_start + len(reply))
         ids = (*pre, *user, *mid, *reply, *tail)
-        return EncodedText(ids, len(pre), r_span, p_span, True, cut_p or cut_r)
+        return EncodedText(ids, len(pre), r_span, p_span, True, cut_p or cut_r, response)
 
     def suffix(self, policy: Policy, is_response: bool) -> tuple[int, ...]:
         """`` <policy>`` + the Yes/No question: the policy-dependent ids that follow an encoded text."""

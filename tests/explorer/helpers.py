@@ -72,24 +72,20 @@ def random_sae(model, hook: str, d_sae: int = D_SAE, seed: int = 0):
 
 
 def save_heads(model, folder: Path) -> Path:
-    """Two random probe heads on the tiny model: a logistic one and an MLP reading two layers."""
+    """Two random probe heads on the tiny model: a pooled one and an attention one reading two layers."""
     from g2interp.moderation import HeadConfig, HeadSet, ProbeHead
 
     d = model.cfg.d_model
     configs = [
-        HeadConfig(
-            "dangerous_content", layers=(1,), poolings=("mean",), d_model=d, platt=(1.0, 0.0), threshold=0.5
-        ),
-        HeadConfig(
-            "hate_speech", layers=(1, 2), poolings=("mean", "max"), d_model=d, hidden=8, threshold=0.4
-        ),
+        HeadConfig("dangerous_content", layers=(1,), d_model=d, platt=(1.0, 0.0), threshold=0.5),
+        HeadConfig("hate_speech", "attention", layers=(1, 2), d_model=d, n_queries=2, threshold=0.4),
     ]
     heads = {}
     gen = torch.Generator().manual_seed(1)
     for cfg in configs:
         head = ProbeHead(cfg)
         with torch.no_grad():
-            for p in head.net.parameters():
+            for p in head.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
             head.scale_F.fill_(2.0)
         heads[cfg.name] = head.eval()

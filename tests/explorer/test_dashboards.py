@@ -210,15 +210,18 @@ def test_probe_explanations_add_up_to_the_score(tiny_model, world):
         total = float(expl.attributions.sum()) + expl.error_term + expl.rest
         assert total == pytest.approx(expl.logit, abs=1e-5)
         assert all(a.attribution > 0 for a in expl.up) and all(a.attribution < 0 for a in expl.down)
-    # Logistic head, mean pooling: a latent's share is the head's direction on its decoder direction
-    # times its mean activation over the prompt's tokens.
+    # Pooled head (mean over the prompt's tokens, and the last token): a latent's share is the head's
+    # mean direction on its decoder direction times its mean activation, plus the same for the last token.
     head = moderator.heads.heads["dangerous_content"]
-    w = head.net[0].weight[0].detach() / head.scale_F * head.cfg.platt[0]
+    M = tiny_model.cfg.d_model
+    w = head.weight_F.detach() / head.scale_F * head.cfg.platt[0]
     enc = moderator.encoder.encode_prompt(prompt)
     run = moderator.runner.run([enc], hooks=[RESID_HOOK], stop_at_layer=2)
     span = slice(enc.pool.start - enc.n_shared, enc.pool.end - enc.n_shared)
-    mean_f = sae.encode(run.acts[RESID_HOOK][0][span]).mean(0)
-    expected = mean_f * (sae.W_dec.detach() @ w)
+    acts = run.acts[RESID_HOOK][0]
+    mean_f = sae.encode(acts[span]).mean(0)
+    last_f = sae.encode(acts[int(run.lengths_B[0]) - 1 : int(run.lengths_B[0])])[0]
+    expected = mean_f * (sae.W_dec.detach() @ w[:M]) + last_f * (sae.W_dec.detach() @ w[M:])
     expl = explain_probe(moderator, sae, "dangerous_content", prompt)
     torch.testing.assert_close(expl.attributions, expected.detach(), rtol=1e-4, atol=1e-6)
     response = explain_probe(moderator, sae, "dangerous_content", prompt, "Use a whetstone.")

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from g2interp.moderation import SHIELDGEMMA_POLICIES, Moderator, TemplateEncoder, guarded_generate, render
+from g2interp.moderation import (
+    SHIELDGEMMA_POLICIES,
+    HarmType,
+    HeadSet,
+    Moderator,
+    TemplateEncoder,
+    guarded_generate,
+    render,
+)
 from tests.moderation.helpers import INJECTIONS
 from tests.moderation.test_mod_template import _check_injection
 
@@ -35,13 +43,33 @@ def test_real_tokenizer_template(embedded_model):
     assert enc.yes_id == tok.token_to_id("Yes") and enc.start_id == tok.token_to_id("<start_of_turn>")
 
 
-def test_shipped_heads_end_to_end(moderator):
-    """Serving (template, cached preamble, pooling, heads) reproduces the training pipeline's probabilities."""
+def test_shipped_heads_load():
+    heads = HeadSet.load()
+    assert heads.overall == "unsafe" and set(heads.shares) == {h.value for h in HarmType}
+    assert heads.model_info == {
+        "architecture": "gemma3_text",
+        "n_layers": 18,
+        "d_model": 640,
+        "vocab_size": 262144,
+    }
+    assert heads.heads["unsafe"].cfg.kind == "blend" and heads.reads_text
+    for head in heads.heads.values():
+        assert head.cfg.metrics["val_pooled_ap"] > 0.6 and 0 < head.cfg.threshold < 1
+
+
+def test_shipped_heads_end_to_end(embedded_model):
+    """The Moderator (template, cached preamble, token features, heads, overall rule) reproduces the
+    probabilities recorded when the heads were shipped, and ranks the sample's labels well above chance."""
+    from sklearn.metrics import average_precision_score
+
     rows = json.loads((FIXTURES / "heads_sample_texts.json").read_text())
-    got = moderator.score_prompts([r["text"] for r in rows])
+    names = list(rows[0]["expected"])
+    got = Moderator(embedded_model, names, scorer="probe").score_prompts([r["text"] for r in rows])
     for row, scores in zip(rows, got, strict=True):
         for name, expected in row["expected"].items():
-            assert scores[name] == pytest.approx(expected, abs=2e-3), (row["set"], row["idx"], name)
+            assert scores[name] == pytest.approx(expected, abs=1e-4), (row["set"], row["text"][:40], name)
+    y = [r["unsafe"] for r in rows]
+    assert average_precision_score(y, [s["unsafe"] for s in got]) > 1.5 * sum(y) / len(y)
 
 
 def test_clear_cases(moderator, embedded_model):

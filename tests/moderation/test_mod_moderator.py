@@ -27,10 +27,9 @@ def constant_heads(model, bias: dict[str, float]) -> HeadSet:
     """Heads whose logit is a constant: probability sigmoid(bias)."""
     heads = {}
     for name, b in bias.items():
-        head = ProbeHead(HeadConfig(name=name, layers=(0,), poolings=("mean",), d_model=model.cfg.d_model))
+        head = ProbeHead(HeadConfig(name=name, layers=(0,), d_model=model.cfg.d_model))
         with torch.no_grad():
-            head.net[0].weight.zero_()
-            head.net[0].bias.fill_(b)
+            head.bias.fill_(b)
         heads[name] = head
     return HeadSet(heads, HeadSet.model_info_of(model.cfg))
 
@@ -183,8 +182,8 @@ def test_guarded_generate_withholds_response(tiny_gemma2, monkeypatch):
 def test_cli(monkeypatch, capsys, tiny_gemma2):
     _, model, _ = tiny_gemma2
 
-    def fake_load(policies=None, *, config=None, device=None):
-        return Moderator(model, policies, heads=constant_heads(model, WORD_HEADS), config=config)
+    def fake_load(policies=None, *, config=None, device=None, heads=None):
+        return Moderator(model, policies, heads=heads or constant_heads(model, WORD_HEADS), config=config)
 
     monkeypatch.setattr(Moderator, "load", staticmethod(fake_load))
     code = mod_cli.main(["some text", "--policy", "hate_speech", "--policy", "harassment"])
