@@ -45,7 +45,7 @@ def test_demo_pipeline_runs_every_stage_then_reuses_them(tmp_path, capsys, caplo
         demo.main(argv)
     printed = capsys.readouterr().out
 
-    hook = "blocks.8.hook_resid_post"  # the layer the shipped probe heads read
+    hook = "blocks.6.hook_resid_post"  # the first layer the shipped probe heads read
     sae_dir = out / "saes" / hook / "sae_0"
     sae = JumpReLUSAE.load(sae_dir)
     assert sae.cfg.hook_name == hook and sae.cfg.d_sae == 256 and sae.cfg.d_in == 640
