@@ -71,6 +71,19 @@ def parse_row(obj: dict, where: str) -> LabelledText:
     return LabelledText(text, labels, str(obj.get("source", "")), kind, prompt, extra)
 
 
+def iter_jsonl(path: Path):
+    """``(line number, object)`` for each non-blank line of a JSONL file; a line that is not JSON raises
+    a ValueError naming the file and line."""
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
+
+
 def read_jsonl(path: str | Path, source: str | None = None) -> list[LabelledText]:
     """Rows of one JSONL file; ``source`` overrides each row's ``source`` (default: the row's, else the folder)."""
     path = Path(path)
@@ -79,20 +92,13 @@ def read_jsonl(path: str | Path, source: str | None = None) -> list[LabelledText
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (a labelled set is a data.jsonl)")
     rows, empty = [], 0
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
-            if isinstance(obj, dict) and isinstance(obj.get("text"), str) and not obj["text"].strip():
-                empty += 1  # an empty reply has nothing to classify
-                continue
-            row = parse_row(obj, f"{path}:{n}")
-            name = source or row.source or path.parent.name
-            rows.append(LabelledText(row.text, row.labels, name, row.kind, row.prompt, row.extra))
+    for n, obj in iter_jsonl(path):
+        if isinstance(obj, dict) and isinstance(obj.get("text"), str) and not obj["text"].strip():
+            empty += 1  # an empty reply has nothing to classify
+            continue
+        row = parse_row(obj, f"{path}:{n}")
+        name = source or row.source or path.parent.name
+        rows.append(LabelledText(row.text, row.labels, name, row.kind, row.prompt, row.extra))
     if empty:
         logger.info("%s: skipped %d rows with empty text", path, empty)
     if not rows:

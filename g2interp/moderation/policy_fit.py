@@ -8,7 +8,6 @@ the head's metrics.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from g2interp.moderation.datasets import iter_jsonl
 from g2interp.moderation.fit import calibrate, fit_pooled, raw_logits
 from g2interp.moderation.probe import ProbeHead
 
@@ -121,13 +121,7 @@ def read_examples(path: str | Path) -> tuple[list[str], list, list[str] | None]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such examples file (JSONL with 'text' and 'label' per line)")
     texts, labels, prompts = [], [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    for n, obj in iter_jsonl(path):
         if not isinstance(obj, dict) or "text" not in obj or "label" not in obj:
             raise ValueError(f"{path}:{n}: each line needs 'text' and 'label' (0/1); got {str(obj)[:80]}")
         texts.append(obj["text"])
