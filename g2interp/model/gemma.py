@@ -15,7 +15,10 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookedRootModule, HookPoint
 
 from g2interp.config import AttentionType, ModelConfig
+from g2interp.model import hook_points
 from g2interp.model.attention import AttentionMasks
+from g2interp.model.hook_points import listened
+from g2interp.model.kernels import Linear, linear
 from g2interp.model.kv_cache import KVCache
 from g2interp.model.layers import GemmaBlock, RMSNorm, RotaryEmbedding, embed_scale
 from g2interp.tokenizer import GemmaTokenizer
@@ -54,10 +57,10 @@ class HookedGemma(HookedRootModule):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.hook_embed = HookPoint()  # [B, Q, M]: embedding times sqrt(d_model)
+        self.hook_embed = hook_points.HookPoint()  # [B, Q, M]: embedding times sqrt(d_model)
         self.blocks = nn.ModuleList(GemmaBlock(cfg, layer) for layer in range(cfg.n_layers))
         self.ln_final = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.d_model, cfg.vocab_size)
         self.rope_global = RotaryEmbedding(cfg.d_head, cfg.rope_theta_global, cfg.rope_scaling_global)
         self.rope_local = RotaryEmbedding(cfg.d_head, cfg.rope_theta_local, cfg.rope_scaling_local)
         self.setup()
@@ -89,8 +92,13 @@ class HookedGemma(HookedRootModule):
         *,
         stop_at_layer: int | None = None,
         kv_cache: KVCache | None = None,
+        last_only: bool = False,
     ) -> Float[Tensor, "batch pos d_vocab_or_d_model"]:
-        """Logits [B, Q, vocab]; with ``stop_at_layer=n``, the residual stream after blocks 0..n-1."""
+        """Logits [B, Q, vocab]; with ``stop_at_layer=n``, the residual stream after blocks 0..n-1.
+
+        ``last_only``: logits of the last column only, [B, 1, vocab] (what decoding needs; the
+        blocks and their hooks run on every position as without it).
+        """
         tokens = self._check_tokens(tokens)
         _B, Q = tokens.shape
         if attention_mask is not None:
@@ -131,7 +139,21 @@ class HookedGemma(HookedRootModule):
             kv_cache.advance(valid_BQ)
         if stop_at_layer is not None:
             return resid_BQM
-        logits_BQV = nn.functional.linear(self.ln_final(resid_BQM), self.W_U)
+        return self.unembed(resid_BQM, last_only=last_only)
+
+    def unembed(
+        self, resid_BQM: Float[Tensor, "batch pos d_model"], *, last_only: bool = False
+    ) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits from the residual stream after the last block: final norm, unembedding, soft-cap.
+
+        ``last_only`` keeps the last column only ([B, 1, vocab]); ``ln_final``'s hooks, when listened
+        to, still see every position.
+        """
+        norm = self.ln_final
+        if last_only and not (listened(norm.hook_scale) or listened(norm.hook_normalized)):
+            resid_BQM = resid_BQM[:, -1:]  # the norm works per position, so normalising one is exact
+        x_BQM = norm(resid_BQM)[:, -1:] if last_only else norm(resid_BQM)
+        logits_BQV = linear(x_BQM, self.W_U)
         if self.cfg.final_logit_softcap is not None:  # Gemma 2 soft-caps the output logits
             cap = self.cfg.final_logit_softcap
             logits_BQV = torch.tanh(logits_BQV / cap) * cap

@@ -114,9 +114,9 @@ def _decode_steps(
     def forward(tokens_BQ: Tensor, mask_BQ: Tensor) -> Tensor:
         """Last-position logits [B, V] of one forward pass on the cache, with ``fwd_hooks`` attached."""
         if not fwd_hooks:
-            return model(tokens_BQ, mask_BQ, kv_cache=cache)[:, -1]
+            return model(tokens_BQ, mask_BQ, kv_cache=cache, last_only=True)[:, -1]
         with model.hooks(fwd_hooks=list(fwd_hooks)):
-            return model(tokens_BQ, mask_BQ, kv_cache=cache)[:, -1]
+            return model(tokens_BQ, mask_BQ, kv_cache=cache, last_only=True)[:, -1]
 
     generator = None
     if seed is not None:

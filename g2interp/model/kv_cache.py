@@ -26,6 +26,7 @@ class KVCache:
         shape = (n_layers, batch, n_kv_heads, max_len, d_head)
         self.k_LBGKD = torch.zeros(shape, device=device, dtype=dtype)
         self.v_LBGKD = torch.zeros(shape, device=device, dtype=dtype)
+        self._layers = [(self.k_LBGKD[i], self.v_LBGKD[i]) for i in range(n_layers)]  # views, made once
         self.key_valid_BK = torch.zeros(batch, max_len, device=device, dtype=torch.bool)
         self.positions_B = torch.zeros(batch, device=device, dtype=torch.long)
         self.length = 0
@@ -34,9 +35,10 @@ class KVCache:
     def update(self, layer: int, k_BGQD: Tensor, v_BGQD: Tensor) -> tuple[Tensor, Tensor]:
         """Write this step's keys/values for ``layer``; return all keys/values so far."""
         start, end = self.length, self.length + k_BGQD.shape[2]
-        self.k_LBGKD[layer, :, :, start:end] = k_BGQD
-        self.v_LBGKD[layer, :, :, start:end] = v_BGQD
-        return self.k_LBGKD[layer, :, :, :end], self.v_LBGKD[layer, :, :, :end]
+        k_BGKD, v_BGKD = self._layers[layer]
+        k_BGKD[:, :, start:end] = k_BGQD
+        v_BGKD[:, :, start:end] = v_BGQD
+        return k_BGKD[:, :, :end], v_BGKD[:, :, :end]
 
     def reserve(self, valid_BQ: Tensor) -> None:
         """Record the validity of the next ``Q`` positions before a forward pass writes them."""

@@ -12,16 +12,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookPoint
 
 from g2interp.config import AttentionType, ModelConfig
 from g2interp.model.attention import AttentionMasks, attend
+from g2interp.model.hook_points import HookPoint, listened
+from g2interp.model.kernels import Linear
 from g2interp.model.kv_cache import KVCache
-
-
-def _hooked(hook: HookPoint) -> bool:
-    """Whether anything listens at ``hook`` (so that optional work is done only when asked for)."""
-    return bool(hook._forward_hooks) or bool(hook._backward_hooks)
 
 
 class RMSNorm(nn.Module):
@@ -35,12 +31,15 @@ class RMSNorm(nn.Module):
         self.hook_normalized = HookPoint()  # [..., dim]: x / scale, fp32
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()  # transformers normalises in fp32 whatever the model dtype
+        fp32 = x.dtype == torch.float32  # transformers normalises in fp32 whatever the model dtype
+        x32 = x if fp32 else x.float()
         inv_rms = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        if _hooked(self.hook_scale):
+        if listened(self.hook_scale):
             inv_rms = self.hook_scale(inv_rms.reciprocal()).reciprocal()
         normed = self.hook_normalized(x32 * inv_rms)
-        return (normed * (1.0 + self.weight.float())).type_as(x)  # Gemma checkpoints store w - 1
+        w = self.weight if self.weight.dtype == torch.float32 else self.weight.float()
+        out = normed * (1.0 + w)  # Gemma checkpoints store w - 1
+        return out if fp32 else out.type_as(x)
 
 
 class RotaryEmbedding(nn.Module):
@@ -55,16 +54,20 @@ class RotaryEmbedding(nn.Module):
         return 1.0 / (self.theta**exponent) / self.scaling  # linear rope divides positions by the factor
 
     def forward(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """cos, sin of shape [B, Q, 1, D] for ``position_ids`` [B, Q]."""
+        """cos and the signed sin (see :func:`apply_rope`), [B, Q, 1, D], for ``position_ids`` [B, Q]."""
         freqs_BQd = position_ids[..., None].float() * self.inv_freq(position_ids.device)
-        emb_BQD = torch.cat((freqs_BQd, freqs_BQd), dim=-1)
-        return emb_BQD.cos().to(dtype)[:, :, None, :], emb_BQD.sin().to(dtype)[:, :, None, :]
+        cos_BQd, sin_BQd = freqs_BQd.cos().to(dtype), freqs_BQd.sin().to(dtype)  # both halves share angles
+        return torch.cat((cos_BQd, cos_BQd), dim=-1)[:, :, None], torch.cat((-sin_BQd, sin_BQd), dim=-1)[:, :, None]
 
 
-def apply_rope(x_BQHD: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate-half convention (first half of the head paired with the second), as Gemma checkpoints use."""
+def apply_rope(x_BQHD: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """Rotate-half convention (first half of the head paired with the second), as Gemma checkpoints use.
+
+    ``x * cos + cat(-x2, x1) * sin`` with the minus moved onto the first half of ``signed_sin``:
+    flipping a sign is exact, so the result is the same bits with one pass less.
+    """
     x1, x2 = x_BQHD.chunk(2, dim=-1)
-    return x_BQHD * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return x_BQHD * cos + torch.cat((x2, x1), dim=-1) * signed_sin
 
 
 class Attention(nn.Module):
@@ -79,8 +82,8 @@ class Attention(nn.Module):
         self.softcap = cfg.attn_logit_softcap
         self.split = (cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head)
         # q, k and v projections fused into one matmul (rows: q, then k, then v), as the loaders assemble it
-        self.qkv_proj = nn.Linear(cfg.d_model, sum(self.split), bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.d_head, cfg.d_model, bias=False)
+        self.qkv_proj = Linear(cfg.d_model, sum(self.split))
+        self.o_proj = Linear(cfg.n_heads * cfg.d_head, cfg.d_model)
         if cfg.use_qk_norm:
             self.q_norm = RMSNorm(cfg.d_head, cfg.rms_norm_eps)  # hooks see [B*Q*H, D] as in TransformerLens
             self.k_norm = RMSNorm(cfg.d_head, cfg.rms_norm_eps)
@@ -124,8 +127,8 @@ class Attention(nn.Module):
         k_BQGD = self.hook_k(k_BQx.reshape(B, Q, self.n_kv_heads, self.d_head))
         v_BQGD = self.hook_v(v_BQx.reshape(B, Q, self.n_kv_heads, self.d_head))
         if self.q_norm is not None:  # Gemma 3 normalises each head before RoPE
-            q_BQHD = self.q_norm(q_BQHD.reshape(-1, self.d_head)).view(q_BQHD.shape)
-            k_BQGD = self.k_norm(k_BQGD.reshape(-1, self.d_head)).view(k_BQGD.shape)
+            q_BQHD = _head_norm(self.q_norm, q_BQHD)
+            k_BQGD = _head_norm(self.k_norm, k_BQGD)
         cos, sin = rope
         q_BQHD = self.hook_rot_q(apply_rope(q_BQHD, cos, sin))
         k_BQGD = self.hook_rot_k(apply_rope(k_BQGD, cos, sin))
@@ -133,7 +136,7 @@ class Attention(nn.Module):
         k_BGKD, v_BGKD = k_BQGD.transpose(1, 2), v_BQGD.transpose(1, 2)
         if kv_cache is not None:
             k_BGKD, v_BGKD = kv_cache.update(layer, k_BGKD, v_BGKD)
-        explicit = _hooked(self.hook_attn_scores) or _hooked(self.hook_pattern)
+        explicit = listened(self.hook_attn_scores) or listened(self.hook_pattern)
         z_BHQD = attend(
             q_BHQD,
             k_BGKD,
@@ -149,6 +152,13 @@ class Attention(nn.Module):
         return self.o_proj(z_BQHD.reshape(B, Q, self.n_heads * self.d_head))
 
 
+def _head_norm(norm: RMSNorm, x_BQHD: Tensor) -> Tensor:
+    """``norm`` over each head's vector; its hooks, when listened to, see [B*Q*H, D] as TransformerLens's."""
+    if listened(norm.hook_scale) or listened(norm.hook_normalized):
+        return norm(x_BQHD.reshape(-1, x_BQHD.shape[-1])).view(x_BQHD.shape)
+    return norm(x_BQHD)  # the same per-vector numbers, without copying the q/k view into [B*Q*H, D]
+
+
 class GatedMLP(nn.Module):
     """GeGLU: ``down(gelu_tanh(gate(x)) * up(x))``; hooks named as TransformerLens's gated MLP."""
 
@@ -156,8 +166,8 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.d_mlp = cfg.d_mlp
         # gate and up projections fused into one matmul (rows: gate, then up)
-        self.gate_up_proj = nn.Linear(cfg.d_model, 2 * cfg.d_mlp, bias=False)
-        self.down_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=False)
+        self.gate_up_proj = Linear(cfg.d_model, 2 * cfg.d_mlp)
+        self.down_proj = Linear(cfg.d_mlp, cfg.d_model)
         self.hook_pre = HookPoint()  # [B, Q, F]: gate pre-activation
         self.hook_pre_linear = HookPoint()  # [B, Q, F]: up projection
         self.hook_post = HookPoint()  # [B, Q, F]: gelu(gate) * up

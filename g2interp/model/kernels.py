@@ -1,0 +1,46 @@
+"""``x @ W.T`` with the kernel picked by shape: the few-row products of decoding.
+
+A weight ``W [O, K]`` is stored as ``nn.Linear`` keeps it. ``F.linear(x, W)`` hands BLAS the product
+``x [N, K] @ W.T``; for a few rows (2 to 7: a decode step of a small batch) MKL's kernel for that
+layout is several times slower than for the same product computed as ``W @ x.T`` (one long output
+column per row of ``x``): measured on a 2-core AMD EPYC (fp32, MKL, one thread), the tied 262,144 x 640
+unembedding at 4 rows takes 109 ms through ``F.linear`` and 55 ms as ``W @ x.T``; the blocks' weights
+at 4 rows 50 ms against 35 ms per step. One row runs the same matrix-vector kernel either way, and from
+8 rows on ``F.linear``'s blocked kernel is at least as fast, so those stay as they are.
+(``bench/generate.py`` times both choices per shape on the machine it runs on.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+FEW_ROWS = range(2, 8)
+"""Row counts computed as ``W @ x.T`` on the CPU."""
+
+
+def linear(x_NK: Float[Tensor, "*rows k"], W_OK: Float[Tensor, "o k"]) -> Float[Tensor, "*rows o"]:
+    """``x @ W.T`` (no bias); few-row products on the CPU as ``W @ x.T``, whose kernel is faster there.
+
+    The two kernels sum in different orders: the results agree to float rounding (a few 1e-7 relative).
+    """
+    n_rows = math.prod(x_NK.shape[:-1])
+    if n_rows in FEW_ROWS and x_NK.device.type == "cpu":
+        # both copies are of a few rows; the kernel is slow when x.T is row-major, i.e. x is not
+        out_ON = torch.mm(W_OK, x_NK.reshape(n_rows, -1).contiguous().T)
+        return out_ON.T.contiguous().reshape(*x_NK.shape[:-1], W_OK.shape[0])
+    return F.linear(x_NK, W_OK)
+
+
+class Linear(nn.Linear):
+    """A bias-free ``nn.Linear`` (same parameter, same state-dict key) whose product is :func:`linear`."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight)
