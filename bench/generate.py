@@ -1,0 +1,160 @@
+"""Benchmark: greedy generation on the embedded Gemma 3 270M against transformers' ``generate``.
+
+Both decode the same left-padded prompts (batch 1 and 4 by default), greedily, ``--new-tokens`` new
+tokens each with no stop at EOS, in one process with the rounds interleaved (g2interp, transformers,
+g2interp, ...), and print tokens/s, the ratio to transformers, whether the continuations are equal
+token for token, and each decode step against the memory-bandwidth floor: the bytes of weights one
+step reads (every block's weights and the unembedding, once each) divided by the copy bandwidth
+measured in the same run (STREAM's count: bytes read + written per second). A decode step is
+``(time for N tokens - time for 1 token) / (N - 1)``: the prompt's forward pass is left out.
+
+A second table times both kernels ``kernels.linear`` chooses between for each product of a decode
+step, on all 18 blocks' weights in turn (so the weights stream from memory as in a step), at the
+benchmark's batch sizes; ``*`` marks the one g2interp runs.
+
+    python bench/generate.py [--new-tokens 48] [--batches 1 4] [--repeats 3] [--threads N]
+                             [--device cuda --dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from common import copy_bandwidth, interleaved, loadavg, median, reference_models
+
+PROMPTS = [
+    "The history of the printing press begins",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"",
+    "Photosynthesis is the process by which",
+    "Once upon a time, in a small village by the sea, there lived",
+]
+
+
+def step_bytes(model) -> int:
+    """Weight bytes one decode step reads: every parameter once (the tied embedding is the unembedding)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def kernel_rows(model, batches: list[int], repeats: int) -> list[tuple[str, int, float, float, bool]]:
+    """(product, rows, F.linear s, W @ x.T s, g2interp picks W @ x.T) for each product of a step."""
+    from g2interp.model.kernels import FEW_ROWS
+
+    products = {
+        "attn.qkv_proj": [b.attn.qkv_proj.weight for b in model.blocks],
+        "attn.o_proj": [b.attn.o_proj.weight for b in model.blocks],
+        "mlp.gate_up_proj": [b.mlp.gate_up_proj.weight for b in model.blocks],
+        "mlp.down_proj": [b.mlp.down_proj.weight for b in model.blocks],
+        "unembedding": [model.W_U],
+    }
+    out = []
+    with torch.no_grad():
+        for name, weights in products.items():
+            for rows in batches:
+                x_NK = torch.randn(rows, weights[0].shape[1], device=model.device, dtype=model.dtype)
+                times = interleaved(
+                    {
+                        "linear": lambda x_NK=x_NK, ws=weights: [F.linear(x_NK, w) for w in ws],
+                        "mm": lambda x_NK=x_NK, ws=weights: [torch.mm(w, x_NK.T) for w in ws],
+                    },
+                    repeats,
+                    model.device,
+                )
+                picks = rows in FEW_ROWS and model.device.type == "cpu"
+                out.append((name, rows, median(times["linear"]), median(times["mm"]), picks))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if max(args.batches) > len(PROMPTS):
+        raise SystemExit(f"--batches: at most {len(PROMPTS)} prompts are defined")
+    from g2interp import load_model
+
+    dtype = getattr(torch, args.dtype)
+    ours = load_model("gemma-3-270m", device=args.device, dtype=dtype)
+    hf, _ = reference_models(args.device, dtype)
+    N = args.new_tokens
+
+    fns, inputs = {}, {}
+    for B in args.batches:
+        tokens_BP, mask_BP = ours.tokenize(PROMPTS[:B], padding_side="left")
+        inputs[B] = tokens_BP, mask_BP
+        for n in (N, 1):
+            fns[("g2interp", B, n)] = lambda t=tokens_BP, m=mask_BP, n=n: ours.generate(
+                t, n, attention_mask=m, stop_at_eos=False
+            ).tokens
+            fns[("transformers", B, n)] = lambda t=tokens_BP, m=mask_BP, n=n: _hf_generate(hf, t, m, n)
+    outputs = {key: fn() for key, fn in fns.items()}  # the warm-up round
+    times = interleaved(fns, args.repeats, args.device, warmup=False)
+    bandwidth = copy_bandwidth(args.device)
+    floor = step_bytes(ours) / bandwidth
+
+    print(
+        f"\ngreedy generation, embedded Gemma 3 270M, {args.dtype} {args.device}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {N} new tokens, "
+        f"median of {args.repeats} interleaved rounds"
+    )
+    print(
+        f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write); weights read per step "
+        f"{step_bytes(ours) / 1e9:.3f} GB; bandwidth floor {floor * 1e3:.1f} ms/step"
+    )
+    print(
+        f"{'batch':>5s}  {'implementation':14s} {'tokens/s':>9s} {'vs transformers':>16s} "
+        f"{'ms/step':>8s} {'step/floor':>11s}  continuations"
+    )
+    for B in args.batches:
+        ref_time = median(times[("transformers", B, N)])
+        for impl in ("g2interp", "transformers"):
+            total = median(times[(impl, B, N)])
+            step = (total - median(times[(impl, B, 1)])) / (N - 1)
+            same = outputs[(impl, B, N)].tolist() == outputs[("transformers", B, N)].tolist()
+            print(
+                f"{B:5d}  {impl:14s} {B * N / total:9.1f} {ref_time / total:15.2f}x "
+                f"{step * 1e3:8.1f} {step / floor:10.2f}x  {'equal' if same else 'DIFFER'}"
+            )
+
+    print("\nlogits of the prompts' last position, g2interp decode path against its full forward and transformers")
+    with torch.no_grad():
+        for B, (tokens_BP, mask_BP) in inputs.items():
+            last = ours(tokens_BP, mask_BP, last_only=True)[:, -1].float()
+            full = ours(tokens_BP, mask_BP)[:, -1].float()
+            ref = hf(tokens_BP, attention_mask=mask_BP).logits[:, -1].float()
+            scale = ref.abs().max()
+            print(
+                f"batch {B}: max |decode - full| / max|logit| {((last - full).abs().max() / scale).item():.1e}, "
+                f"vs transformers {((last - ref).abs().max() / scale).item():.1e}"
+            )
+
+    print(f"\nproducts of one decode step (all blocks' weights in turn), ms, median of {args.repeats + 2}")
+    print(f"{'product':18s} {'rows':>4s} {'F.linear':>9s} {'W @ x.T':>9s}")
+    for name, rows, t_lin, t_mm, picks in kernel_rows(ours, args.batches, args.repeats + 2):
+        marks = ("*", "") if not picks else ("", "*")
+        print(f"{name:18s} {rows:4d} {t_lin * 1e3:8.2f}{marks[0]:1s} {t_mm * 1e3:8.2f}{marks[1]:1s}")
+    print(loadavg())
+
+
+def _hf_generate(hf, tokens_BP: torch.Tensor, mask_BP: torch.Tensor, n: int) -> torch.Tensor:
+    with torch.no_grad():
+        return hf.generate(
+            input_ids=tokens_BP,
+            attention_mask=mask_BP,
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+
+
+if __name__ == "__main__":
+    main()
