@@ -89,14 +89,22 @@ def _cycle(acts: torch.Tensor, path: str, batch: int, n: int) -> list[torch.Tens
     return [acts[i * batch : (i + 1) * batch].clone() for i in range(n)]
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def train_g2interp(cfg: SAETrainingConfig, init: dict[str, torch.Tensor], batches: list[torch.Tensor]):
-    sae = make_saes(cfg)[0]
+    device = batches[0].device
+    sae = make_saes(cfg)[0].to(device)
     with torch.no_grad():
         for name, t in init.items():
             getattr(sae, name).copy_(t)
     trainer = SAETrainer(cfg, sae, batches, progress=False)
+    _sync(device)
     start = time.perf_counter()
     final = trainer.fit()[0]
+    _sync(device)
     return time.perf_counter() - start, final
 
 
@@ -116,6 +124,7 @@ def train_saelens(
         l0_warm_up_steps=cfg.l0_warmup_steps,
         apply_b_dec_to_input=False,
         normalize_activations="none",  # fed the batches pre-scaled by g2interp's input scale
+        device=str(batches[0].device),
     )
     sae = JumpReLUTrainingSAE(sl_cfg)
     with torch.no_grad():
@@ -138,15 +147,19 @@ def train_saelens(
         yield from scaled
 
     trainer = SLTrainer(trainer_cfg, sae, provider())
+    _sync(batches[0].device)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit()
+    _sync(batches[0].device)
     elapsed = time.perf_counter() - start
     tensors = {
         name: getattr(sae, name).detach() for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
     }
-    final = JumpReLUSAE.from_tensors(tensors, SAEConfig(d_in=cfg.d_in, d_sae=cfg.d_sae, input_scale=scale))
+    final = JumpReLUSAE.from_tensors(
+        tensors, SAEConfig(d_in=cfg.d_in, d_sae=cfg.d_sae, input_scale=scale), device=batches[0].device
+    )
     final.fold_input_scale()
     return elapsed, final
 
@@ -171,6 +184,7 @@ def main() -> None:
     parser.add_argument("--target-l0", type=float, default=50.0, help="L0 the sparse regime starts at")
     parser.add_argument("--regimes", default="init,sparse")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="where both trainers run (the batches live there)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.threads:
@@ -182,6 +196,7 @@ def main() -> None:
         args.d_in = batches[0].shape[-1]
     else:
         batches = synthetic_batches(n, args.batch, args.d_in)
+    batches = [b.to(args.device) for b in batches]
     train, held_out = batches[:-1], batches[-1:]
     cfg = SAETrainingConfig(
         d_in=args.d_in,
@@ -200,7 +215,7 @@ def main() -> None:
     rows = []
     for regime in args.regimes.split(","):
         init_sae = make_saes(cfg)[0]
-        init = {name: p.detach().clone() for name, p in init_sae.named_parameters()}
+        init = {name: p.detach().clone().to(args.device) for name, p in init_sae.named_parameters()}
         if regime == "sparse":
             with torch.no_grad():
                 pre = (train[0] * scale) @ init["W_enc"]
@@ -220,7 +235,7 @@ def main() -> None:
 
     print(
         f"\nd_in={args.d_in} d_sae={args.d_sae} batch={args.batch} steps={args.steps} "
-        f"λ={args.l0_coefficient} threads={torch.get_num_threads()} "
+        f"λ={args.l0_coefficient} device={args.device} threads={torch.get_num_threads()} "
         f"data={'synthetic' if not args.activations else args.activations}"
     )
     header = f"{'regime':8} {'trainer':9} {'tokens/s':>10} {'FVU':>7} {'L0':>8} {'speed-up':>9}"
