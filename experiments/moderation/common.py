@@ -65,11 +65,12 @@ def load_features(rows, layers, keep=None, stems=None):
 
     stems = stems or list(dict.fromkeys(r.source for r in rows))
     files = [p for stem in stems for p in feature_files([stem])]
-    lengths = []
+    lengths, d_model = [], 0
     for path in files:
         with safe_open(str(path), "pt") as f:
             off = f.get_tensor("offsets")
             lengths.append(off[1:] - off[:-1])
+            d_model = f.get_slice("last_NLM").get_shape()[-1]  # the residual width, from the file
     lengths = torch.cat(lengths)
     if len(lengths) != len(rows):
         raise RuntimeError(f"features for {len(lengths)} rows, table has {len(rows)}: extract first")
@@ -79,8 +80,8 @@ def load_features(rows, layers, keep=None, stems=None):
     if not (np.diff(keep) > 0).all():
         raise ValueError("keep must be increasing")
     kept_len = lengths[mask]
-    acts = torch.empty(int(kept_len.sum()), len(layers), 640, dtype=torch.bfloat16)
-    last = torch.empty(len(keep), len(layers), 640, dtype=torch.bfloat16)
+    acts = torch.empty(int(kept_len.sum()), len(layers), d_model, dtype=torch.bfloat16)
+    last = torch.empty(len(keep), len(layers), d_model, dtype=torch.bfloat16)
     row0, tok, out_row = 0, 0, 0
     for path in files:
         with safe_open(str(path), "pt") as f:

@@ -3,7 +3,8 @@
 For each row: the ShieldGemma template (prompt, or response for rows of kind ``response``) with each user
 text cut to ``--max-text-tokens`` (first and last halves), one text-part forward on the embedded Gemma 3
 270M, and ``hook_resid_post`` of ``--layers`` kept, in bf16, over the classified text's tokens plus the
-text part's last token (the ``*`` before the policy). Written per set in chunks
+text part's last token (the ``*`` before the policy); for every block up to the deepest, the mean over the
+classified tokens and the last token (``mean_NAM``, ``last_NAM``: small, for layer sweeps). Written per set in chunks
 (``runs/moderation/tokens/<set>.<k>.safetensors``) so an interrupted run resumes.
 
     python experiments/moderation/extract_tokens.py [--sets havoc xstest] [--layers 6 9 12]
@@ -49,7 +50,8 @@ def main() -> None:
     logging.getLogger("g2interp.moderation.template").setLevel(logging.ERROR)
     runner = PrefixRunner(model)
     layers = sorted(args.layers)
-    hooks = [HOOK_RESID_POST.format(layer=x) for x in layers]
+    all_layers = list(range(layers[-1] + 1))
+    all_hooks = [HOOK_RESID_POST.format(layer=x) for x in all_layers]
     TOKENS_DIR.mkdir(parents=True, exist_ok=True)
     jobs = (
         [(args.name, args.jsonl)] if args.jsonl else [(n, None) for n in args.sets or labelled_sets(DATA_DIR)]
@@ -65,25 +67,31 @@ def main() -> None:
             spans = [e.pool.end - e.pool.start for e in encoded]
             acts = torch.empty(sum(spans), len(layers), model.cfg.d_model, dtype=torch.bfloat16)
             last = torch.empty(len(chunk), len(layers), model.cfg.d_model, dtype=torch.bfloat16)
+            mean_all = torch.empty(len(chunk), len(all_layers), model.cfg.d_model, dtype=torch.bfloat16)
+            last_all = torch.empty(len(chunk), len(all_layers), model.cfg.d_model, dtype=torch.bfloat16)
             offsets = torch.tensor([0, *spans]).cumsum(0)
             t0, n_tok = time.time(), 0
             buckets = list(length_buckets(encoded, args.batch_size, 4096))
             for idx in tqdm(buckets, desc=f"{name}.{k}", mininterval=30):
                 batch = [encoded[i] for i in idx]
-                run = runner.run(batch, hooks=hooks, stop_at_layer=layers[-1] + 1)
+                run = runner.run(batch, hooks=all_hooks, stop_at_layer=layers[-1] + 1)
                 n_tok += int(run.lengths_B.sum())
-                stack_BTLM = torch.stack([run.acts[h] for h in hooks], 2).to(torch.bfloat16)
+                every_BTAM = torch.stack([run.acts[h] for h in all_hooks], 2)
+                stack_BTLM = every_BTAM[:, :, layers].to(torch.bfloat16)
                 for b, i in enumerate(idx):
                     e = encoded[i]
                     s0 = e.pool.start - e.n_shared
                     acts[offsets[i] : offsets[i + 1]] = stack_BTLM[b, s0 : s0 + spans[i]]
                     last[i] = stack_BTLM[b, int(run.lengths_B[b]) - 1]
+                    mean_all[i] = every_BTAM[b, s0 : s0 + spans[i]].mean(0).to(torch.bfloat16)
+                    last_all[i] = every_BTAM[b, int(run.lengths_B[b]) - 1].to(torch.bfloat16)
             meta = {
                 "layers": ",".join(map(str, layers)),
                 "max_text_tokens": str(args.max_text_tokens),
                 "rows": f"{start}:{start + len(chunk)}",
             }
-            tensors = {"acts_TLM": acts, "last_NLM": last, "offsets": offsets}
+            tensors = {"acts_TLM": acts, "last_NLM": last, "offsets": offsets,
+                       "mean_NAM": mean_all, "last_NAM": last_all}  # fmt: skip
             write_atomic(path, lambda p, t=tensors, m=meta: save_file(t, str(p), m))
             dt = time.time() - t0
             logger.info(

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import torch
-from common import LOSO_DIR, load_table
+from common import LOSO_DIR, load_table, write_atomic
 
 from g2interp.moderation.fit import fit_attention, fit_lexical, fit_pooled, raw_logits
 from g2interp.moderation.recipe import SplitConfig, balance_weights
@@ -26,14 +26,19 @@ LAYERS = (6, 9, 12)
 DESIGNS = ("tfidf", "lexical", "pooled", "attention")
 
 
-def fit(design: str, feats, rows, y, w):
+def fit(design: str, feats, y, w, rows=None):
+    """One head of ``design`` fitted on feature rows ``rows`` (all by default; ``y``, ``w`` follow them)."""
     if design in ("tfidf", "lexical"):
-        head = fit_lexical(feats.texts, y, np.ones(len(y)) if design == "tfidf" else w)
-    elif design == "pooled":
-        head = fit_pooled(feats, y, w, LAYERS)
-    else:
-        head = fit_attention(feats, y, w, LAYERS)
-    return head
+        texts = feats.texts if rows is None else [feats.texts[i] for i in rows]
+        return fit_lexical(texts, y, np.ones(len(y)) if design == "tfidf" else w)
+    if design == "pooled":
+        return fit_pooled(feats, y, w, LAYERS, rows=rows)
+    return fit_attention(feats, y, w, LAYERS, rows=rows)
+
+
+def save_npz(path, arrays) -> None:
+    with open(path, "wb") as f:  # a file object: numpy would append ".npz" to a ".tmp" name
+        np.savez(f, **arrays)
 
 
 def main() -> None:
@@ -76,18 +81,19 @@ def main() -> None:
         if len(np.unique(y[idx_tr])) < 2:
             continue
         w = balance_weights([rows[i] for i in idx_tr], y[idx_tr], cfg.set_power)
-        feats_tr = feats.subset(idx_tr)
         key = "indist" if fold == "*indist*" else f"fold:{fold}"
         for design in args.design:
-            head = fit(design, feats_tr, rows, y[idx_tr], w)
+            if f"{key}:test_raw" in outs[design]:
+                continue  # done in an earlier (interrupted) run
+            head = fit(design, feats, y[idx_tr], w, rows=idx_tr)
+            raw = raw_logits(head, feats).numpy()
             for part, m in (("val", va), ("test", te)):
                 idx = np.flatnonzero(m)
                 outs[design][f"{key}:{part}_idx"] = idx
-                outs[design][f"{key}:{part}_raw"] = raw_logits(head, feats.subset(idx)).numpy()
-            np.savez(paths[design], **outs[design])
+                outs[design][f"{key}:{part}_raw"] = raw[idx]
+            write_atomic(paths[design], lambda p, o=outs[design]: save_npz(p, o))
             logger.info("%s %s: trained on %d rows in %.0f s", design, key, len(idx_tr), time.time() - t0)
             t0 = time.time()
-        del feats_tr
 
 
 if __name__ == "__main__":

@@ -52,13 +52,12 @@ def train_target(target: str, designs: list[str], weights: list[float]) -> tuple
     w_tr = balance_weights([rows[i] for i in tr], y[tr], SplitConfig().set_power)
     w_va = balance_weights([rows[i] for i in va], y[va])
     members, val_std = {}, {}
-    feats_tr, feats_va = feats.subset(tr), feats.subset(va)
+    feats_va = feats.subset(va)
     for d in designs:
         t0 = time.time()
-        members[d] = fit(d, feats_tr, None, y[tr], w_tr)
+        members[d] = fit(d, feats, y[tr], w_tr, rows=tr)
         val_std[d] = float(raw_logits(members[d], feats_va).std())
         logger.info("%s %s fitted in %.0f s", target, d, time.time() - t0)
-    del feats_tr
     if len(designs) == 1:
         head = members[designs[0]]
         head.cfg = replace(head.cfg, name=target)

@@ -26,12 +26,21 @@ def _as_tensor(x, dtype=torch.float32) -> Tensor:
     return torch.as_tensor(np.asarray(x), dtype=dtype)
 
 
-def _check(feats: TokenFeatures | Sequence[str], y, w) -> tuple[Tensor, Tensor]:
+def _rows(feats: TokenFeatures, rows) -> Tensor:
+    """The rows to train on (all by default), checked against the features."""
+    if rows is None:
+        return torch.arange(len(feats))
+    rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+    if rows.ndim != 1 or (len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= len(feats))):
+        raise ValueError(f"rows must be indices into the {len(feats)} feature rows")
+    return rows
+
+
+def _check(feats: TokenFeatures | Sequence[str], y, w, n: int | None = None) -> tuple[Tensor, Tensor]:
+    n = len(feats) if n is None else n
     y_N, w_N = _as_tensor(y), _as_tensor(w)
-    if y_N.shape != (len(feats),) or w_N.shape != (len(feats),):
-        raise ValueError(
-            f"labels {tuple(y_N.shape)} and weights {tuple(w_N.shape)} must match {len(feats)} rows"
-        )
+    if y_N.shape != (n,) or w_N.shape != (n,):
+        raise ValueError(f"labels {tuple(y_N.shape)} and weights {tuple(w_N.shape)} must match {n} rows")
     if not set(torch.unique(y_N).tolist()) == {0.0, 1.0}:
         raise ValueError("labels must be 0 and 1, and both classes must be present")
     return y_N, w_N / w_N.mean()
@@ -57,10 +66,14 @@ def fit_pooled(
     name: str = "pooled",
     l2: float = 1e-3,
     steps: int = 150,
+    rows=None,
 ) -> ProbeHead:
-    """Weighted logistic regression on standardised mean + last pooling (L-BFGS, L2 penalty ``l2``)."""
-    y_N, w_N = _check(feats, y, w)
-    x_NF = _pooled_matrix(feats, layers)
+    """Weighted logistic regression on standardised mean + last pooling (L-BFGS, L2 penalty ``l2``).
+
+    ``rows``: train on these feature rows only (``y`` and ``w`` follow them), without copying features."""
+    rows = _rows(feats, rows)
+    y_N, w_N = _check(feats, y, w, len(rows))
+    x_NF = _pooled_matrix(feats, layers)[rows]
     head = ProbeHead(HeadConfig(name, "pooled", tuple(layers), feats.acts_TLM.shape[-1]))
     head.mean_F.copy_((w_N[:, None] * x_NF).sum(0) / w_N.sum())
     head.scale_F.copy_(((w_N[:, None] * (x_NF - head.mean_F) ** 2).sum(0) / w_N.sum()).sqrt().clamp(min=1e-6))
@@ -96,31 +109,34 @@ def fit_attention(
     lr: float = 2e-3,
     weight_decay: float = 1e-2,
     seed: int = 0,
+    rows=None,
 ) -> ProbeHead:
     """Attention-pooled probe trained with AdamW on weighted BCE over random batches of texts.
 
-    Queries start at zero (every token weighted equally: mean pooling), values at zero.
+    Queries start at zero (every token weighted equally: mean pooling), values at zero. ``rows``: train on
+    these feature rows only (``y`` and ``w`` follow them), without copying features.
     """
-    y_N, w_N = _check(feats, y, w)
+    rows = _rows(feats, rows)
+    y_N, w_N = _check(feats, y, w, len(rows))
     g = torch.Generator().manual_seed(seed)
     head = ProbeHead(
         HeadConfig(name, "attention", tuple(layers), feats.acts_TLM.shape[-1], n_queries=n_queries)
     )
-    sample = feats.subset(torch.randperm(len(feats), generator=g)[:4096])
+    sample = feats.subset(rows[torch.randperm(len(rows), generator=g)[:4096]])
     x_TF, _ = sample.tokens(layers)
     head.mean_F.copy_(x_TF.mean(0))
     head.scale_F.copy_(x_TF.std(0).clamp(min=1e-6))
     del x_TF
     params = [head.query_FH, head.value_FH, head.bias]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    n_steps = epochs * -(-len(feats) // batch_texts)
+    n_steps = epochs * -(-len(rows) // batch_texts)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=n_steps, pct_start=0.1)
     head.train()
     for _ in range(epochs):
-        order = torch.randperm(len(feats), generator=g)
-        for start in range(0, len(feats), batch_texts):
+        order = torch.randperm(len(rows), generator=g)
+        for start in range(0, len(rows), batch_texts):
             idx = order[start : start + batch_texts]
-            part = feats.subset(idx)
+            part = feats.subset(rows[idx])
             x_TF, seg_T = part.tokens(layers)
             logit_B = head.attend((x_TF - head.mean_F) / head.scale_F, seg_T, len(idx))
             loss = (
