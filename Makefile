@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/capture.py
+	$(PY) bench/generate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
