@@ -51,7 +51,9 @@ def floor_fn(model, batch: int, seq: int, n_blocks: int):
         with torch.no_grad():
             for block in model.blocks[:n_blocks]:
                 linear(x_BQM, block.attn.qkv_proj.weight)
-                F.scaled_dot_product_attention(q_BHQD, k_BGKD, v_BGKD, is_causal=True, scale=scale, enable_gqa=gqa)
+                F.scaled_dot_product_attention(
+                    q_BHQD, k_BGKD, v_BGKD, is_causal=True, scale=scale, enable_gqa=gqa
+                )
                 linear(z_BQx, block.attn.o_proj.weight)
                 linear(x_BQM, block.mlp.gate_up_proj.weight)
                 linear(post_BQF, block.mlp.down_proj.weight)
@@ -60,7 +62,9 @@ def floor_fn(model, batch: int, seq: int, n_blocks: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)

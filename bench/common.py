@@ -14,9 +14,7 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(
-    fns: dict, repeats: int, device: torch.device | str = "cpu", warmup: bool = True
-) -> dict:
+def interleaved(fns: dict, repeats: int, device: torch.device | str = "cpu", warmup: bool = True) -> dict:
     """Wall times of each function, ``repeats`` rounds of one call each (after one warm-up call each).
 
     Within a round the functions run one after another, so a machine whose speed drifts (a shared

@@ -26,7 +26,7 @@ from common import copy_bandwidth, interleaved, loadavg, median, reference_model
 
 PROMPTS = [
     "The history of the printing press begins",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""',
     "Photosynthesis is the process by which",
     "Once upon a time, in a small village by the sea, there lived",
 ]
@@ -67,7 +67,9 @@ def kernel_rows(model, batches: list[int], repeats: int) -> list[tuple[str, int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=3)
@@ -91,9 +93,9 @@ def main() -> None:
         tokens_BP, mask_BP = ours.tokenize(PROMPTS[:B], padding_side="left")
         inputs[B] = tokens_BP, mask_BP
         for n in (N, 1):
-            fns[("g2interp", B, n)] = lambda t=tokens_BP, m=mask_BP, n=n: ours.generate(
-                t, n, attention_mask=m, stop_at_eos=False
-            ).tokens
+            fns[("g2interp", B, n)] = lambda t=tokens_BP, m=mask_BP, n=n: (
+                ours.generate(t, n, attention_mask=m, stop_at_eos=False).tokens
+            )
             fns[("transformers", B, n)] = lambda t=tokens_BP, m=mask_BP, n=n: _hf_generate(hf, t, m, n)
     outputs = {key: fn() for key, fn in fns.items()}  # the warm-up round
     times = interleaved(fns, args.repeats, args.device, warmup=False)
@@ -124,7 +126,9 @@ def main() -> None:
                 f"{step * 1e3:8.1f} {step / floor:10.2f}x  {'equal' if same else 'DIFFER'}"
             )
 
-    print("\nlogits of the prompts' last position, g2interp decode path against its full forward and transformers")
+    print(
+        "\nlogits of the prompts' last position, g2interp decode path against its full forward and transformers"
+    )
     with torch.no_grad():
         for B, (tokens_BP, mask_BP) in inputs.items():
             last = ours(tokens_BP, mask_BP, last_only=True)[:, -1].float()

@@ -94,11 +94,18 @@ def test_listening_to_a_hook_changes_no_number(model):
     """Unlistened hook points are skipped and the q/k norms avoid a copy; listening takes the plain path."""
     tokens = torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(4))
     plain = model(tokens)
-    for name in ["blocks.1.attn.q_norm.hook_normalized", "blocks.1.attn.k_norm.hook_scale", "blocks.0.hook_mlp_out"]:
+    for name in [
+        "blocks.1.attn.q_norm.hook_normalized",
+        "blocks.1.attn.k_norm.hook_scale",
+        "blocks.0.hook_mlp_out",
+    ]:
         logits, cache = model.run_with_cache(tokens, [name])
         assert torch.equal(logits, plain), name
     cache = model.run_with_cache(tokens, ["blocks.1.attn.q_norm.hook_normalized"]).cache
-    assert cache["blocks.1.attn.q_norm.hook_normalized"].shape == (2 * 12 * model.cfg.n_heads, model.cfg.d_head)
+    assert cache["blocks.1.attn.q_norm.hook_normalized"].shape == (
+        2 * 12 * model.cfg.n_heads,
+        model.cfg.d_head,
+    )
 
 
 def test_hook_points_still_call_module_hooks():
@@ -115,3 +122,30 @@ def test_hook_points_still_call_module_hooks():
     finally:
         global_handle.remove()
     assert calls == ["own", "global"]
+
+
+@pytest.mark.slow
+def test_embedded_decode_logits_within_1e_5_of_the_full_forward(embedded_model):
+    """The few-row kernels change the summation order of every decode step, and nothing else."""
+    from g2interp import KVCache
+
+    cfg = embedded_model.cfg
+    texts = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "A"]
+    for batch in (1, 4):
+        tokens_BP, mask_BP = embedded_model.tokenize(texts[:batch], padding_side="left")
+        B, P = tokens_BP.shape
+        new_BN = torch.randint(3, 1000, (B, 5), generator=torch.Generator().manual_seed(batch))
+        cache = KVCache(
+            cfg.n_layers, B, cfg.n_kv_heads, P + 5, cfg.d_head, embedded_model.device, torch.float32
+        )
+        with torch.no_grad():
+            steps = [embedded_model(tokens_BP, mask_BP, kv_cache=cache, last_only=True)]
+            steps += [
+                embedded_model(new_BN[:, i : i + 1], torch.ones(B, 1, dtype=torch.long), kv_cache=cache)
+                for i in range(5)
+            ]
+            full = embedded_model(
+                torch.cat([tokens_BP, new_BN], 1), torch.cat([mask_BP, torch.ones_like(new_BN)], 1)
+            )
+        decoded = torch.cat(steps, dim=1)
+        assert _rel(decoded, full[:, P - 1 :]) < 1e-5, batch
