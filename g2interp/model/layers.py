@@ -57,9 +57,9 @@ class RotaryEmbedding(nn.Module):
         """cos and the signed sin (see :func:`apply_rope`), [B, Q, 1, D], for ``position_ids`` [B, Q]."""
         freqs_BQd = position_ids[..., None].float() * self.inv_freq(position_ids.device)
         cos_BQd, sin_BQd = freqs_BQd.cos().to(dtype), freqs_BQd.sin().to(dtype)  # both halves share angles
-        return torch.cat((cos_BQd, cos_BQd), dim=-1)[:, :, None], torch.cat((-sin_BQd, sin_BQd), dim=-1)[
-            :, :, None
-        ]
+        cos_BQD = torch.cat((cos_BQd, cos_BQd), dim=-1)
+        signed_sin_BQD = torch.cat((-sin_BQd, sin_BQd), dim=-1)
+        return cos_BQD[:, :, None], signed_sin_BQD[:, :, None]
 
 
 def apply_rope(x_BQHD: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
