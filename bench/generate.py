@@ -39,7 +39,7 @@ def step_bytes(model) -> int:
 
 def kernel_rows(model, batches: list[int], repeats: int) -> list[tuple[str, int, float, float, bool]]:
     """(product, rows, F.linear s, W @ x.T s, g2interp picks W @ x.T) for each product of a step."""
-    from g2interp.model.kernels import FEW_ROWS
+    from g2interp.model.kernels import as_w_xt
 
     products = {
         "attn.qkv_proj": [b.attn.qkv_proj.weight for b in model.blocks],
@@ -61,7 +61,7 @@ def kernel_rows(model, batches: list[int], repeats: int) -> list[tuple[str, int,
                     repeats,
                     model.device,
                 )
-                picks = rows in FEW_ROWS and model.device.type == "cpu"
+                picks = as_w_xt(rows, x_NK)
                 out.append((name, rows, median(times["linear"]), median(times["mm"]), picks))
     return out
 

@@ -45,6 +45,8 @@ def test_linear_equals_f_linear_for_every_row_count(rows):
         assert _rel(out, ref) < 1e-6
         if rows not in FEW_ROWS:
             assert torch.equal(out, F.linear(x, W_OK))
+    x_bf16 = torch.randn(rows, 96, generator=gen).bfloat16()
+    assert torch.equal(linear(x_bf16, W_OK.bfloat16()), F.linear(x_bf16, W_OK.bfloat16()))  # fp32 only
 
 
 def test_linear_reads_strided_inputs():

@@ -6,8 +6,10 @@ layout is several times slower than for the same product computed as ``W @ x.T``
 column per row of ``x``): measured on a 2-core AMD EPYC (fp32, MKL, one thread), the tied 262,144 x 640
 unembedding at 4 rows takes 109 ms through ``F.linear`` and 55 ms as ``W @ x.T``; the blocks' weights
 at 4 rows 50 ms against 35 ms per step. One row runs the same matrix-vector kernel either way, and from
-8 rows on ``F.linear``'s blocked kernel is at least as fast, so those stay as they are.
-(``bench/generate.py`` times both choices per shape on the machine it runs on.)
+8 rows on ``F.linear``'s blocked kernel is at least as fast, so those stay as they are. In bf16 the two
+kernels take the same time (the unembedding at 4 rows: 135 ms against 145 ms), and on CUDA cuBLAS
+handles the shape itself, so the choice is made for fp32 on the CPU only.
+(``bench/generate.py`` times both choices per product on the machine it runs on.)
 """
 
 from __future__ import annotations
@@ -20,16 +22,21 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 FEW_ROWS = range(2, 8)
-"""Row counts computed as ``W @ x.T`` on the CPU."""
+"""Row counts computed as ``W @ x.T`` (fp32, CPU)."""
+
+
+def as_w_xt(n_rows: int, x: Tensor) -> bool:
+    """Whether :func:`linear` computes ``n_rows`` rows of ``x`` as ``W @ x.T``."""
+    return n_rows in FEW_ROWS and x.device.type == "cpu" and x.dtype == torch.float32
 
 
 def linear(x_NK: Float[Tensor, "*rows k"], W_OK: Float[Tensor, "o k"]) -> Float[Tensor, "*rows o"]:
-    """``x @ W.T`` (no bias); few-row products on the CPU as ``W @ x.T``, whose kernel is faster there.
+    """``x @ W.T`` (no bias); few-row fp32 products on the CPU as ``W @ x.T``, whose kernel is faster there.
 
     The two kernels sum in different orders: the results agree to float rounding (a few 1e-7 relative).
     """
     n_rows = math.prod(x_NK.shape[:-1])
-    if n_rows in FEW_ROWS and x_NK.device.type == "cpu":
+    if as_w_xt(n_rows, x_NK):
         # both copies are of a few rows; the kernel is slow when x.T is row-major, i.e. x is not
         out_ON = torch.mm(W_OK, x_NK.reshape(n_rows, -1).contiguous().T)
         return out_ON.T.contiguous().reshape(*x_NK.shape[:-1], W_OK.shape[0])
