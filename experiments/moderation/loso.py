@@ -26,14 +26,27 @@ LAYERS = (6, 9, 12)
 DESIGNS = ("tfidf", "lexical", "pooled", "attention")
 
 
+def parse_design(spec: str) -> tuple[str, dict]:
+    """``kind`` or ``kind:key=value,...`` (fit options, e.g. ``attention:l2=0.01,n_queries=8``)."""
+    kind, _, opts = spec.partition(":")
+    if kind not in DESIGNS:
+        raise SystemExit(f"unknown design {kind!r}; designs are {DESIGNS}")
+    kwargs = {}
+    for item in filter(None, opts.split(",")):
+        key, _, value = item.partition("=")
+        kwargs[key] = int(value) if value.isdigit() else float(value)
+    return kind, kwargs
+
+
 def fit(design: str, feats, y, w, rows=None):
     """One head of ``design`` fitted on feature rows ``rows`` (all by default; ``y``, ``w`` follow them)."""
-    if design in ("tfidf", "lexical"):
+    kind, kwargs = parse_design(design)
+    if kind in ("tfidf", "lexical"):
         texts = feats.texts if rows is None else [feats.texts[i] for i in rows]
-        return fit_lexical(texts, y, np.ones(len(y)) if design == "tfidf" else w)
-    if design == "pooled":
-        return fit_pooled(feats, y, w, LAYERS, rows=rows)
-    return fit_attention(feats, y, w, LAYERS, rows=rows)
+        return fit_lexical(texts, y, np.ones(len(y)) if kind == "tfidf" else w, **kwargs)
+    if kind == "pooled":
+        return fit_pooled(feats, y, w, LAYERS, rows=rows, **kwargs)
+    return fit_attention(feats, y, w, LAYERS, rows=rows, **kwargs)
 
 
 def save_npz(path, arrays) -> None:
@@ -44,7 +57,10 @@ def save_npz(path, arrays) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--design", choices=DESIGNS, nargs="+", required=True, help="one or more, fitted per fold"
+        "--design",
+        nargs="+",
+        required=True,
+        help=f"one or more of {DESIGNS}[:key=value,...], fitted per fold",
     )
     ap.add_argument("--target", default="unsafe")
     ap.add_argument("--folds", nargs="*", default=None, help="sets to leave out (default: all)")
@@ -55,14 +71,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    layers = None if set(args.design) <= {"tfidf", "lexical"} else LAYERS
+    layers = None if {parse_design(d)[0] for d in args.design} <= {"tfidf", "lexical"} else LAYERS
     rows, y, sets, split, feats = load_table(args.target, layers, augment=not args.no_augment)
     logger.info(
         "%d rows (%d augmented) loaded in %.0f s", len(rows), (split == "aug").sum(), time.time() - t0
     )
     LOSO_DIR.mkdir(parents=True, exist_ok=True)
     suffix = ("" if args.target == "unsafe" else f".{args.target}") + (".noaug" if args.no_augment else "")
-    paths = {d: LOSO_DIR / f"{d}{suffix}.npz" for d in args.design}
+    paths = {d: LOSO_DIR / f"{d.replace(':', '@')}{suffix}.npz" for d in args.design}
     outs = {d: dict(np.load(p)) if p.exists() else {} for d, p in paths.items()}
     for out in outs.values():
         out.update(y=y, sets=sets, split=split)

@@ -1,7 +1,7 @@
 """Tables from the runs of ``loso.py``: per design (and blends of designs), leave-one-set-out AP per set
 (mean, worst), in-distribution test AP per set, ECE, and TPR / FPR at the balanced threshold per set.
 
-    python experiments/moderation/report.py attention pooled lexical tfidf "attention+pooled+lexical=1,0.5,0.5"
+    python experiments/moderation/report.py attention pooled lexical tfidf "attention+pooled^0.5+lexical^0.5"
 """
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ from g2interp.moderation.recipe import balance_weights
 
 
 def parse(spec: str) -> tuple[list[str], list[float]]:
-    names, _, ws = spec.partition("=")
-    names = names.split("+")
-    weights = [float(x) for x in ws.split(",")] if ws else [1.0] * len(names)
+    """``a+b^0.5+c^0.5``: runs (``loso.py`` file stems, ``:`` written ``@``) and their blend weights."""
+    names, weights = [], []
+    for item in spec.split("+"):
+        name, _, w = item.partition("^")
+        names.append(name.replace(":", "@"))
+        weights.append(float(w) if w else 1.0)
     return names, weights
 
 

@@ -10,7 +10,7 @@
 * the fixture ``tests/moderation/fixtures/heads_sample_texts.json``: short test-split rows with the
   probabilities the embedded Moderator gives them, end to end.
 
-    python experiments/moderation/ship_heads.py [--blend attention,pooled,lexical=1,0.5,0.5]
+    python experiments/moderation/ship_heads.py [--blend "attention:l2=0.03+pooled:l2=0.1^0.5+lexical^0.5"]
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 from common import DATA_DIR, ROOT, load_table, write_atomic
-from loso import LAYERS, fit
+from loso import LAYERS, fit, parse_design
+from report import parse as parse_report_spec
 from sklearn.metrics import average_precision_score
 
 from g2interp.moderation.fit import blend, calibrate, raw_logits
@@ -55,18 +56,19 @@ def train_target(target: str, designs: list[str], weights: list[float]) -> tuple
     feats_va = feats.subset(va)
     for d in designs:
         t0 = time.time()
-        members[d] = fit(d, feats, y[tr], w_tr, rows=tr)
-        val_std[d] = float(raw_logits(members[d], feats_va).std())
+        role = parse_design(d)[0]  # a blend member is named by its kind
+        members[role] = fit(d, feats, y[tr], w_tr, rows=tr)
+        val_std[role] = float(raw_logits(members[role], feats_va).std())
         logger.info("%s %s fitted in %.0f s", target, d, time.time() - t0)
     if len(designs) == 1:
-        head = members[designs[0]]
+        head = next(iter(members.values()))
         head.cfg = replace(head.cfg, name=target)
     else:
-        head = blend(target, members, [w / val_std[d] for d, w in zip(designs, weights, strict=True)])
+        head = blend(target, members, [w / val_std[r] for r, w in zip(members, weights, strict=True)])
     raw_va = raw_logits(head, feats_va).numpy()
     raw_te = raw_logits(head, feats.subset(te)).numpy()
     metrics = {
-        "design": "+".join(designs) + ("=" + ",".join(map(str, weights)) if len(designs) > 1 else ""),
+        "design": "+".join(f"{d}^{w}" for d, w in zip(designs, weights, strict=True)),
         "layers": list(LAYERS),
         "n_train": len(tr),
         "val_pooled_ap": float(average_precision_score(y[va], raw_va)),
@@ -103,22 +105,29 @@ def write_fixture(n_per_set: int = 4, seed: int = 0) -> None:
     logger.info("fixture: %d rows -> %s", len(out), FIXTURE)
 
 
+def parse_blend(spec: str) -> tuple[list[str], list[float]]:
+    """Designs (``loso.py`` specs) and weights of a blend written as for ``report.py``."""
+    names, weights = parse_report_spec(spec)
+    return [n.replace("@", ":") for n in names], weights
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--blend", default="attention,pooled,lexical=1,0.5,0.5")
+    ap.add_argument(
+        "--blend", default="attention+pooled^0.5+lexical^0.5", help="the unsafe head (report.py's syntax)"
+    )
+    ap.add_argument("--type-design", default="pooled", help="the four harm-type heads")
     ap.add_argument("--fixture-only", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     if not args.fixture_only:
-        names, _, ws = args.blend.partition("=")
-        designs = names.split(",")
-        weights = [float(x) for x in ws.split(",")] if ws else [1.0] * len(designs)
+        designs, weights = parse_blend(args.blend)
         heads = {}
         heads["unsafe"], _ = train_target("unsafe", designs, weights)
         for t in TYPES:
-            heads[t], _ = train_target(t, ["pooled"], [1.0])
+            heads[t], _ = train_target(t, [args.type_design], [1.0])
             # on the overall scale a type trips with the overall head: one threshold for all
             heads[t].cfg = type(heads[t].cfg)(
                 **{**heads[t].cfg.__dict__, "threshold": heads["unsafe"].cfg.threshold}

@@ -133,10 +133,11 @@ def loso(tab: Table, X, cfg: dict, stack_types: bool = False) -> dict:
 
 def grid(base: dict, which: str | None) -> list[dict]:
     if which == "layers":
-        layer_sets = ([4], [6], [8], [10], [12], [6, 9, 12], [4, 6, 8, 10, 12], list(range(2, 13)))
-        return [{**base, "layers": ls, "pool": p} for ls in layer_sets for p in ("mean", "last", "mean+last")]
+        pools = [{**base, "layers": [6, 9, 12], "pool": p} for p in ("mean", "last")]
+        layer_sets = ([4], [6], [8], [10], [12], [3, 6, 9, 12], [4, 6, 8, 10, 12], list(range(2, 13)))
+        return pools + [{**base, "layers": ls, "pool": "mean+last"} for ls in layer_sets]
     if which == "l2":
-        return [{**base, "l2": v} for v in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)]
+        return [{**base, "l2": v} for v in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)]
     if which == "power":
         return [{**base, "set_power": v} for v in (0.0, 0.25, 0.5, 0.75, 1.0)]
     if which == "drop":

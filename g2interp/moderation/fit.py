@@ -108,13 +108,16 @@ def fit_attention(
     batch_texts: int = 256,
     lr: float = 2e-3,
     weight_decay: float = 1e-2,
+    l2: float = 0.0,
     seed: int = 0,
     rows=None,
 ) -> ProbeHead:
     """Attention-pooled probe trained with AdamW on weighted BCE over random batches of texts.
 
-    Queries start at zero (every token weighted equally: mean pooling), values at zero. ``rows``: train on
-    these feature rows only (``y`` and ``w`` follow them), without copying features.
+    Queries start at zero (every token weighted equally: mean pooling), values at zero. ``l2``: penalty on
+    the squared queries and values added to each batch's loss (as ``fit_pooled``'s; strong penalties
+    transfer better to unseen sets). ``rows``: train on these feature rows only (``y`` and ``w`` follow
+    them), without copying features.
     """
     rows = _rows(feats, rows)
     y_N, w_N = _check(feats, y, w, len(rows))
@@ -143,6 +146,8 @@ def fit_attention(
                 w_N[idx]
                 * torch.nn.functional.binary_cross_entropy_with_logits(logit_B, y_N[idx], reduction="none")
             ).mean()
+            if l2:
+                loss = loss + l2 * (head.query_FH.square().sum() + head.value_FH.square().sum())
             opt.zero_grad()
             loss.backward()
             opt.step()
