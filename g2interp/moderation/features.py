@@ -76,7 +76,11 @@ class TokenFeatures:
         """Every text's classified tokens and its last token, layers concatenated: ([T + N, n_layer * M]
         fp32, segment id per row)."""
         li = self.layer_index(layers)
-        x_TF = torch.cat([self.acts_TLM[:, li].flatten(1), self.last_NLM[:, li].flatten(1)]).float()
+        T, M = self.acts_TLM.shape[0], self.acts_TLM.shape[-1]
+        x_TF = torch.empty(T + len(self), len(li) * M)
+        for j, layer in enumerate(li):  # one converting copy per layer, no bf16 intermediates
+            x_TF[:T, j * M : (j + 1) * M].copy_(self.acts_TLM[:, layer])
+            x_TF[T:, j * M : (j + 1) * M].copy_(self.last_NLM[:, layer])
         seg_T = torch.cat([self.segment_ids(), torch.arange(len(self))])
         return x_TF, seg_T
 
@@ -101,13 +105,9 @@ class TokenFeatures:
         idx = torch.as_tensor(idx, dtype=torch.long)
         lengths = self.lengths[idx]
         starts = self.offsets[idx]
-        if len(idx):
-            rows = torch.cat(
-                [torch.arange(s, s + n) for s, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
-            )
-        else:
-            rows = torch.zeros(0, dtype=torch.long)
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        # token row = the text's start in the source + the position within the text
+        rows = torch.repeat_interleave(starts - offsets[:-1], lengths) + torch.arange(int(offsets[-1]))
         texts = None if self.texts is None else tuple(self.texts[i] for i in idx.tolist())
         return TokenFeatures(self.acts_TLM[rows], offsets, self.last_NLM[idx], self.layers, texts)
 

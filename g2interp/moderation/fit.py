@@ -141,7 +141,7 @@ def fit_attention(
             idx = order[start : start + batch_texts]
             part = feats.subset(rows[idx])
             x_TF, seg_T = part.tokens(layers)
-            logit_B = head.attend((x_TF - head.mean_F) / head.scale_F, seg_T, len(idx))
+            logit_B = head.attend(x_TF, seg_T, len(idx))
             loss = (
                 w_N[idx]
                 * torch.nn.functional.binary_cross_entropy_with_logits(logit_B, y_N[idx], reduction="none")

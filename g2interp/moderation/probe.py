@@ -153,7 +153,7 @@ class ProbeHead(nn.Module):
             return z_NF @ self.weight_F + self.bias
         if kind == "attention":
             x_TF, seg_T = feats.tokens(self.cfg.layers)
-            return self.attend((x_TF - self.mean_F) / self.scale_F, seg_T, len(feats))
+            return self.attend(x_TF, seg_T, len(feats))
         if kind == "lexical":
             if feats.texts is None:
                 raise ValueError(f"head {self.cfg.name!r} is lexical: the features must carry their texts")
@@ -165,10 +165,15 @@ class ProbeHead(nn.Module):
             for m, w in zip(self.cfg.members, self.cfg.weights, strict=True)
         )
 
-    def attend(self, z_TF: Tensor, seg_T: Tensor, n: int) -> Tensor:
-        """Attention read-out of standardised tokens: sum over queries of softmax-weighted values."""
-        attn_TH = segment_softmax(z_TF @ self.query_FH, seg_T, n)
-        out_NH = torch.zeros(n, self.cfg.n_queries).index_add_(0, seg_T, attn_TH * (z_TF @ self.value_FH))
+    def attend(self, x_TF: Tensor, seg_T: Tensor, n: int) -> Tensor:
+        """Attention read-out of tokens (standardised by ``mean_F``/``scale_F``): sum over queries of
+        softmax-weighted values."""
+        H = self.cfg.n_queries
+        # standardisation folded into the weights: one matmul on the raw tokens, no standardised copy
+        W_FK = torch.cat([self.query_FH, self.value_FH], 1) / self.scale_F[:, None]
+        qv_TK = x_TF @ W_FK - self.mean_F @ W_FK
+        attn_TH = segment_softmax(qv_TK[:, :H], seg_T, n)
+        out_NH = torch.zeros(n, H).index_add_(0, seg_T, attn_TH * qv_TK[:, H:])
         return out_NH.sum(1) + self.bias
 
     def forward(self, feats: TokenFeatures) -> Tensor:
