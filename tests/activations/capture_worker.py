@@ -39,7 +39,9 @@ def main() -> None:
         model.capture = slow_capture
     print("READY", flush=True)
     result = capture(model, worker_config(args.out))
-    print(f"DONE shards={result.shards_written} complete={result.manifest.complete}", flush=True)
+    # one write per line: two ranks share the pipe, and print's separate "\n" write can interleave
+    sys.stdout.write(f"DONE shards={result.shards_written} complete={result.manifest.complete}\n")
+    sys.stdout.flush()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
