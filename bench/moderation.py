@@ -9,9 +9,10 @@ Scores the same texts four ways, with 1 and 4 policies (ShieldGemma's four harm 
   ShieldGemma's published code (``model(**inputs).logits``) does; timed on the first ``--full-logits-texts``
   texts only, since it is slow;
 * ``generative``: the Moderator's generative scorer, each text's prefix run once and every policy suffix
-  continuing it from the KV cache;
+  continuing it from the KV cache (whole texts, as the naive reference);
 * ``probe``: the default ``Moderator.load()``: one prefix forward up to the deepest head layer scores all
-  policies.
+  policies, for the whole text and each of its sentences (sentence views); ``probe, whole text only``
+  without the sentence views (``max_sentences=0``).
 
 Each throughput is one pass over the texts (the probe, being quick: best of 3), on a machine that may be
 shared, so compare ratios within one run. Texts are cut from ``tests/fixtures/corpus_small.jsonl`` (public-domain / CC BY 4.0 prose) into pieces of
@@ -81,12 +82,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import psutil
 
-    from g2interp.moderation import DEFAULT_POLICIES, Moderator, score_naive
+    from g2interp.moderation import DEFAULT_POLICIES, Moderator, ModeratorConfig, score_naive
 
     texts = bench_texts(args.texts)
     probe = Moderator.load()
     model = probe.model
-    generative = Moderator(model, scorer="generative")
+    whole_text = ModeratorConfig(max_sentences=0)  # the naive reference scores whole texts only
+    generative = Moderator(model, scorer="generative", config=whole_text)
     n_tokens = sum(len(probe.encoder.encode_prompt(t).ids) for t in texts)
     emit(
         f"{len(texts)} texts, {n_tokens / len(texts):.0f} template tokens before the policy on average; "
@@ -114,15 +116,18 @@ def main() -> None:
             if n_full
             else None
         )
-        gen = Moderator(model, names, scorer="generative")
+        gen = Moderator(model, names, scorer="generative", config=whole_text)
         t_gen = timed(lambda gen=gen: gen.score_prompts(texts))
         prb = Moderator(model, names, heads=probe.heads, scorer="probe")
         t_probe = timed(lambda prb=prb: prb.score_prompts(texts), repeats=3)
+        whole = Moderator(model, names, heads=probe.heads, scorer="probe", config=whole_text)
+        t_whole = timed(lambda whole=whole: whole.score_prompts(texts), repeats=3)
         for name, t in (
             (f"naive, full logits ({n_full} texts)", t_full),
             ("naive (1 forward / policy)", t_naive),
             ("generative, shared prefix", t_gen),
-            ("probe heads", t_probe),
+            ("probe heads, whole text only", t_whole),
+            ("probe heads (default: + sentence views)", t_probe),
         ):
             if t is not None:
                 rows.append((n_pol, name, len(texts) / t, t_naive / t))

@@ -32,6 +32,7 @@ from g2interp.moderation.policies import BUILTIN_POLICIES, Policy, fitted_policy
 from g2interp.moderation.policy_fit import PolicyFit, fit_policy
 from g2interp.moderation.probe import SHIPPED_HEADS_DIR, HeadSet, ProbeHead
 from g2interp.moderation.runner import PrefixRunner, length_buckets
+from g2interp.moderation.sentences import sentences
 from g2interp.moderation.template import EncodedText, TemplateEncoder
 
 logger = logging.getLogger(__name__)
@@ -232,8 +233,8 @@ class Moderator:
 
     def score_prompts(self, texts: str | Sequence[str]) -> list[dict[str, float]]:
         """Per text, policy name -> probability that the prompt violates it."""
-        encoded = [self.encoder.encode_prompt(t) for t in _as_texts(texts, "texts")]
-        return self._as_dicts(self.score_encoded(encoded))
+        texts = _as_texts(texts, "texts")
+        return self._as_dicts(self._score_views(texts, [None] * len(texts))[0])
 
     def score_responses(
         self, prompts: str | Sequence[str], responses: str | Sequence[str]
@@ -244,8 +245,36 @@ class Moderator:
             raise ValueError(
                 f"{len(prompts)} prompts but {len(responses)} responses: pass one prompt per response"
             )
-        encoded = [self.encoder.encode_response(p, r) for p, r in zip(prompts, responses, strict=True)]
-        return self._as_dicts(self.score_encoded(encoded))
+        return self._as_dicts(self._score_views(responses, prompts)[0])
+
+    def _score_views(self, texts: Sequence[str], prompts: Sequence[str | None]) -> tuple[Tensor, list[bool]]:
+        """[N, n_policies] probabilities of the texts (responses to ``prompts`` where not None): the maximum
+        over the whole text and its sentences (``config.max_sentences``); and whether each whole text was
+        truncated."""
+        cfg = self.config
+        encoded, owner, is_part, truncated = [], [], [], []
+        for i, (text, prompt) in enumerate(zip(texts, prompts, strict=True)):
+            views = [text]
+            if cfg.max_sentences:
+                views += sentences(text, cfg.max_sentences)
+            for k, view in enumerate(views):
+                enc = (
+                    self.encoder.encode_prompt(view)
+                    if prompt is None
+                    else self.encoder.encode_response(prompt, view)
+                )
+                encoded.append(enc)
+                owner.append(i)
+                is_part.append(k > 0)
+            truncated.append(encoded[-len(views)].truncated)
+        probs_VP = self.score_encoded(encoded)
+        if cfg.sentence_discount and any(is_part):
+            part_V = torch.tensor(is_part)
+            logits = torch.logit(probs_VP[part_V].double(), eps=1e-7) - cfg.sentence_discount
+            probs_VP[part_V] = torch.sigmoid(logits).to(probs_VP.dtype)
+        owner_V = torch.tensor(owner)[:, None].expand_as(probs_VP)
+        probs_NP = torch.zeros(len(texts), probs_VP.shape[1]).scatter_reduce(0, owner_V, probs_VP, "amax")
+        return probs_NP, truncated
 
     def _as_dicts(self, probs_NP: Tensor) -> list[dict[str, float]]:
         names = self.policy_names
@@ -317,9 +346,8 @@ class Moderator:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         limits = self.resolve_thresholds(thresholds)
-        encoded = self.encoder.encode_prompt(text)
-        scores = self._as_dicts(self.score_encoded([encoded]))[0]
-        return self._verdict(scores, limits, encoded.truncated)
+        probs, truncated = self._score_views([text], [None])
+        return self._verdict(self._as_dicts(probs)[0], limits, truncated[0])
 
     def check_response(self, prompt: str, response: str, thresholds: Thresholds = None) -> Verdict:
         """Post-filter: may this response to ``prompt`` be shown?"""
@@ -327,6 +355,5 @@ class Moderator:
             if not isinstance(value, str):
                 raise TypeError(f"{what} must be a str, got {type(value).__name__}")
         limits = self.resolve_thresholds(thresholds)
-        encoded = self.encoder.encode_response(prompt, response)
-        scores = self._as_dicts(self.score_encoded([encoded]))[0]
-        return self._verdict(scores, limits, encoded.truncated)
+        probs, truncated = self._score_views([response], [prompt])
+        return self._verdict(self._as_dicts(probs)[0], limits, truncated[0])

@@ -37,9 +37,8 @@ def _hf_p_yes(hf, ids: list[int], yes: int, no: int) -> float:
 
 def test_p_yes_equals_transformers(tiny):
     hf, model, _ = tiny
-    mod = Moderator(
-        model, [*DEFAULT_POLICIES, CUSTOM], scorer="generative", config=ModeratorConfig(batch_size=3)
-    )
+    whole_texts = ModeratorConfig(batch_size=3, max_sentences=0)  # the reference scores whole texts
+    mod = Moderator(model, [*DEFAULT_POLICIES, CUSTOM], scorer="generative", config=whole_texts)
     got = mod.score_prompts(PROMPTS[:3])
     enc = mod.encoder
     for text, scores in zip(PROMPTS[:3], got, strict=True):

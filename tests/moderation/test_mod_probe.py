@@ -95,7 +95,7 @@ def test_serve_time_scores_equal_a_plain_reference(tiny_gemma2):
         ["hate_speech", "harassment"],
         heads=heads,
         scorer="probe",
-        config=ModeratorConfig(batch_size=3),
+        config=ModeratorConfig(batch_size=3, max_sentences=0),  # whole texts, as the reference
     )
     got = mod.score_prompts(TEXTS)
     for text, scores in zip(TEXTS, got, strict=True):
