@@ -143,15 +143,58 @@ def markdown_indist(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown_rates(results: list[dict]) -> str:
+    """Leave-one-set-out TPR / FPR at the threshold chosen on the other sets' validation, per design."""
+    sets = sorted({s for r in results for s in r["loso"]})
+    lines = ["| set | " + " | ".join(f"{r['design']} TPR | FPR" for r in results) + " |",
+             "|---|" + "---|---|" * len(results)]  # fmt: skip
+    for s in sets:
+        cells = []
+        for r in results:
+            x = r["loso"].get(s, {})
+            cells += [f"{x['tpr']:.2f}" if "tpr" in x else "-", f"{x['fpr']:.2f}" if "fpr" in x else "-"]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def havoc_breakdown(spec: str, rows) -> str:
+    """havoc held out: AP of each of its harm categories (positives rated ``intent`` there, against all
+    negatives), and where its ``topical`` hard negatives rank among the negatives."""
+    names, weights = parse(spec)
+    runs = {n: dict(np.load(LOSO_DIR / f"{n}.npz")) for n in names}
+    base = runs[names[0]]
+    y, ti = base["y"], base["fold:havoc:test_idx"]
+    raw = combined(runs, names, weights, "fold:havoc", "test", "fold:havoc")
+    labels = [r.extra["orig_label"] for r in rows if r.labels["unsafe"] is not None and r.source == "havoc"]
+    yt, neg = y[ti], y[ti] == 0
+    lines = [f"havoc held out, {spec}: AP {average_precision_score(yt, raw):.3f} ({int(yt.sum())} of {len(yt)})",
+             "| category | positives (intent) | AP vs all negatives | base rate | topical negatives | "
+             "their mean rank among negatives |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for cat in ("sexual", "hate_violence", "illegal", "self_inflicted", "ideological"):
+        pos = np.array([lab[cat] == "intent" for lab in labels]) & (yt == 1)
+        top = np.array([lab[cat] == "topical" for lab in labels]) & neg
+        m = pos | neg
+        ap = f"{average_precision_score(pos[m], raw[m]):.3f}" if pos.any() else "-"
+        rank = (raw[top][:, None] > raw[neg][None]).mean() if top.any() else float("nan")
+        lines.append(
+            f"| {cat} | {int(pos.sum())} | {ap} | {pos.sum() / m.sum():.3f} | {int(top.sum())} | {rank:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("designs", nargs="+")
     ap.add_argument("--target", default="unsafe")
+    ap.add_argument("--havoc", action="store_true", help="also break havoc's LOSO AP down by its categories")
     args = ap.parse_args()
     rows = read_all()
     results = [evaluate(d, rows, args.target) for d in args.designs]
     (RUN_DIR / f"report.{args.target}.json").write_text(json.dumps(results, indent=1))
-    sys.stdout.write(markdown(results) + "\n\n" + markdown_indist(results) + "\n")
+    tables = [markdown(results), markdown_rates(results), markdown_indist(results)]
+    if args.havoc:
+        tables += [havoc_breakdown(d, rows) for d in args.designs]
+    sys.stdout.write("\n\n".join(t for t in tables if t.count("\n") > 1) + "\n")
 
 
 if __name__ == "__main__":

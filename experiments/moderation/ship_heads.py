@@ -10,7 +10,7 @@
 * the fixture ``tests/moderation/fixtures/heads_sample_texts.json``: short test-split rows with the
   probabilities the embedded Moderator gives them, end to end.
 
-    python experiments/moderation/ship_heads.py [--blend "attention:l2=0.03+pooled:l2=0.1^0.5+lexical^0.5"]
+    python experiments/moderation/ship_heads.py [--blend "attention+pooled:l2=0.1^0.5+tfidf^0.5"]
 """
 
 from __future__ import annotations
@@ -114,9 +114,11 @@ def parse_blend(spec: str) -> tuple[list[str], list[float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--blend", default="attention+pooled^0.5+lexical^0.5", help="the unsafe head (report.py's syntax)"
+        "--blend",
+        default="attention+pooled:l2=0.1^0.5+tfidf^0.5",
+        help="the unsafe head (report.py's syntax)",
     )
-    ap.add_argument("--type-design", default="pooled", help="the four harm-type heads")
+    ap.add_argument("--type-design", default="pooled:l2=0.1", help="the four harm-type heads")
     ap.add_argument("--fixture-only", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

@@ -94,8 +94,9 @@ def test_obvious_harm_is_blocked_and_ordinary_requests_are_allowed(moderator):
     assert not flagged, f"blocked harmless prompts: {flagged}"
 
 
-# Not HARMFUL[13] (the teacher threat): alone it scores 0.50 against the 0.44 threshold, and six of these
-# additions take it below (experiments/README.md); the others keep every prompt here blocked.
+# Not the three two-sentence threats HARMFUL[13], [21], [27] (teacher, truck, school): alone they score
+# 0.58-0.65 against the 0.49 threshold and each of their sentences alone less, so 3-13 of these 28 texts
+# take them below (experiments/README.md, "Text addressed to the classifier").
 @pytest.mark.parametrize("prompt", HARMFUL[:6] + HARMFUL[9:11] + HARMFUL[14:16])
 def test_instructions_addressed_to_the_classifier_do_not_get_harm_allowed(moderator, prompt):
     for addition in (
