@@ -39,7 +39,7 @@ def step_bytes(model) -> int:
 
 def kernel_rows(model, batches: list[int], repeats: int) -> list[tuple[str, int, float, float, bool]]:
     """(product, rows, F.linear s, W @ x.T s, g2interp picks W @ x.T) for each product of a step."""
-    from g2interp.model.kernels import as_w_xt
+    from g2interp.model.kernels import as_w_xt, w_xt
 
     products = {
         "attn.qkv_proj": [b.attn.qkv_proj.weight for b in model.blocks],
@@ -56,12 +56,12 @@ def kernel_rows(model, batches: list[int], repeats: int) -> list[tuple[str, int,
                 times = interleaved(
                     {
                         "linear": lambda x_NK=x_NK, ws=weights: [F.linear(x_NK, w) for w in ws],
-                        "mm": lambda x_NK=x_NK, ws=weights: [torch.mm(w, x_NK.T) for w in ws],
+                        "mm": lambda x_NK=x_NK, ws=weights: [w_xt(x_NK, w) for w in ws],
                     },
                     repeats,
                     model.device,
                 )
-                picks = as_w_xt(rows, x_NK)
+                picks = as_w_xt(rows, x_NK, weights[0])
                 out.append((name, rows, median(times["linear"]), median(times["mm"]), picks))
     return out
 

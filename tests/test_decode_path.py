@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.nn.modules.module import register_module_forward_hook
 
 from g2interp.model.hook_points import HookPoint, listened
-from g2interp.model.kernels import FEW_ROWS, linear
+from g2interp.model.kernels import as_w_xt, linear
 from g2interp.model.layers import RotaryEmbedding, apply_rope
 from tests.activations.act_helpers import one_thread, tiny_model
 
@@ -36,17 +36,19 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 8, 33])
 def test_linear_equals_f_linear_for_every_row_count(rows):
     gen = torch.Generator().manual_seed(rows)
-    W_OK = torch.randn(1000, 96, generator=gen)
-    for shape in [(rows, 96), (rows, 1, 96), (1, rows, 96)]:
-        x = torch.randn(*shape, generator=gen)
-        out = linear(x, W_OK)
-        ref = (x.double() @ W_OK.double().T).float()
-        assert out.shape == ref.shape and out.is_contiguous()
-        assert _rel(out, ref) < 1e-6
-        if rows not in FEW_ROWS:
-            assert torch.equal(out, F.linear(x, W_OK))
-    x_bf16 = torch.randn(rows, 96, generator=gen).bfloat16()
-    assert torch.equal(linear(x_bf16, W_OK.bfloat16()), F.linear(x_bf16, W_OK.bfloat16()))  # fp32 only
+    for W_OK in (torch.randn(1000, 96, generator=gen), torch.randn(96, 1000, generator=gen)):  # tall, wide
+        for shape in [(rows, W_OK.shape[1]), (rows, 1, W_OK.shape[1]), (1, rows, W_OK.shape[1])]:
+            x = torch.randn(*shape, generator=gen)
+            out = linear(x, W_OK)
+            ref = (x.double() @ W_OK.double().T).float()
+            assert out.shape == ref.shape and out.is_contiguous()
+            assert _rel(out, ref) < 1e-6
+            if not as_w_xt(rows, x, W_OK):
+                assert torch.equal(out, F.linear(x, W_OK))
+    assert as_w_xt(1, x, torch.randn(1000, 96)) and not as_w_xt(1, x, torch.randn(96, 1000))
+    assert not as_w_xt(8, x, torch.randn(1000, 96)) and as_w_xt(4, x, torch.randn(96, 1000))
+    x_bf16, W_bf16 = torch.randn(rows, 96, generator=gen).bfloat16(), torch.randn(1000, 96).bfloat16()
+    assert torch.equal(linear(x_bf16, W_bf16), F.linear(x_bf16, W_bf16))  # fp32 only
 
 
 def test_linear_reads_strided_inputs():

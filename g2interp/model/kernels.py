@@ -9,6 +9,11 @@ at 4 rows 50 ms against 35 ms per step. One row runs the same matrix-vector kern
 8 rows on ``F.linear``'s blocked kernel is at least as fast, so those stay as they are. In bf16 the two
 kernels take the same time (the unembedding at 4 rows: 135 ms against 145 ms), and on CUDA cuBLAS
 handles the shape itself, so the choice is made for fp32 on the CPU only.
+One row of a tall weight (more outputs than inputs: the unembedding, the fused q/k/v and gate/up
+products) is computed as two equal rows the same way: in a decode step the weights stream from memory,
+and the matrix-vector kernel reads a tall ``W`` more slowly than the two-column product does (the
+unembedding 44 ms against 31 ms on the same machine, two threads; the blocks' tall products 17 ms
+against 11 ms per step); for wide weights (``down_proj``) the matrix-vector kernel stays ahead.
 (``bench/generate.py`` times both choices per product on the machine it runs on.)
 """
 
@@ -25,9 +30,22 @@ FEW_ROWS = range(2, 8)
 """Row counts computed as ``W @ x.T`` (fp32, CPU)."""
 
 
-def as_w_xt(n_rows: int, x: Tensor) -> bool:
-    """Whether :func:`linear` computes ``n_rows`` rows of ``x`` as ``W @ x.T``."""
-    return n_rows in FEW_ROWS and x.device.type == "cpu" and x.dtype == torch.float32
+def as_w_xt(n_rows: int, x: Tensor, W_OK: Tensor) -> bool:
+    """Whether :func:`linear` computes ``n_rows`` rows of ``x`` times ``W_OK.T`` as ``W @ x.T``."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    return n_rows in FEW_ROWS or (n_rows == 1 and W_OK.shape[0] >= W_OK.shape[1])
+
+
+def w_xt(x_NK: Float[Tensor, "*rows k"], W_OK: Float[Tensor, "o k"]) -> Float[Tensor, "*rows o"]:
+    """``x @ W.T`` computed as ``W @ x.T`` (one row as two equal ones: see the module docstring)."""
+    n_rows = math.prod(x_NK.shape[:-1])
+    x_RK = x_NK.reshape(n_rows, -1)
+    if n_rows == 1:
+        x_RK = x_RK.expand(2, -1)  # the two-column kernel streams a tall W faster than the matrix-vector one
+    # both copies are of a few rows; the kernel is slow when x.T is row-major, i.e. x is not
+    out_OR = torch.mm(W_OK, x_RK.contiguous().T)
+    return out_OR[:, :n_rows].T.contiguous().reshape(*x_NK.shape[:-1], W_OK.shape[0])
 
 
 def linear(x_NK: Float[Tensor, "*rows k"], W_OK: Float[Tensor, "o k"]) -> Float[Tensor, "*rows o"]:
@@ -35,11 +53,8 @@ def linear(x_NK: Float[Tensor, "*rows k"], W_OK: Float[Tensor, "o k"]) -> Float[
 
     The two kernels sum in different orders: the results agree to float rounding (a few 1e-7 relative).
     """
-    n_rows = math.prod(x_NK.shape[:-1])
-    if as_w_xt(n_rows, x_NK):
-        # both copies are of a few rows; the kernel is slow when x.T is row-major, i.e. x is not
-        out_ON = torch.mm(W_OK, x_NK.reshape(n_rows, -1).contiguous().T)
-        return out_ON.T.contiguous().reshape(*x_NK.shape[:-1], W_OK.shape[0])
+    if as_w_xt(math.prod(x_NK.shape[:-1]), x_NK, W_OK):
+        return w_xt(x_NK, W_OK)
     return F.linear(x_NK, W_OK)
 
 
