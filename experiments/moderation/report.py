@@ -127,6 +127,14 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+STAT_FORMATS = {"ap": "{:.3f}", "tpr": "{:.2f}", "fpr": "{:.2f}"}
+
+
+def stat_cells(stats: dict, keys: tuple[str, ...]) -> list[str]:
+    """One table cell per key: the formatted statistic, or ``-`` where the set has none."""
+    return [STAT_FORMATS[k].format(stats[k]) if k in stats else "-" for k in keys]
+
+
 def markdown_indist(results: list[dict]) -> str:
     """In-distribution test split: AP per set, and TPR / FPR at the balanced threshold, per design."""
     sets = sorted({s for r in results for s in r["indist"]})
@@ -136,9 +144,7 @@ def markdown_indist(results: list[dict]) -> str:
         first = next(r["indist"][s] for r in results if s in r["indist"])
         cells = []
         for r in results:
-            x = r["indist"].get(s, {})
-            cells += [f"{x['ap']:.3f}" if "ap" in x else "-", f"{x['tpr']:.2f}" if "tpr" in x else "-",
-                      f"{x['fpr']:.2f}" if "fpr" in x else "-"]  # fmt: skip
+            cells += stat_cells(r["indist"].get(s, {}), ("ap", "tpr", "fpr"))
         lines.append(f"| {s} | {first['n']} | {first['pos']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -151,8 +157,7 @@ def markdown_rates(results: list[dict]) -> str:
     for s in sets:
         cells = []
         for r in results:
-            x = r["loso"].get(s, {})
-            cells += [f"{x['tpr']:.2f}" if "tpr" in x else "-", f"{x['fpr']:.2f}" if "fpr" in x else "-"]
+            cells += stat_cells(r["loso"].get(s, {}), ("tpr", "fpr"))
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -165,7 +170,8 @@ def havoc_breakdown(spec: str, rows) -> str:
     base = runs[names[0]]
     y, ti = base["y"], base["fold:havoc:test_idx"]
     raw = combined(runs, names, weights, "fold:havoc", "test", "fold:havoc")
-    labels = [r.extra["orig_label"] for r in rows if r.labels["unsafe"] is not None and r.source == "havoc"]
+    table_rows = [r for r in rows if r.labels["unsafe"] is not None]  # what the runs' indices point into
+    labels = [table_rows[i].extra["orig_label"] for i in ti]
     yt, neg = y[ti], y[ti] == 0
     lines = [f"havoc held out, {spec}: AP {average_precision_score(yt, raw):.3f} ({int(yt.sum())} of {len(yt)})",
              "| category | positives (intent) | AP vs all negatives | base rate | topical negatives | "

@@ -5,10 +5,11 @@ A weight ``W [O, K]`` is stored as ``nn.Linear`` keeps it. ``F.linear(x, W)`` ha
 layout is several times slower than for the same product computed as ``W @ x.T`` (one long output
 column per row of ``x``): measured on a 2-core AMD EPYC (fp32, MKL, one thread), the tied 262,144 x 640
 unembedding at 4 rows takes 109 ms through ``F.linear`` and 55 ms as ``W @ x.T``; the blocks' weights
-at 4 rows 50 ms against 35 ms per step. One row runs the same matrix-vector kernel either way, and from
-8 rows on ``F.linear``'s blocked kernel is at least as fast, so those stay as they are. In bf16 the two
+at 4 rows 50 ms against 35 ms per step. A single row runs the same matrix-vector kernel either way, and
+from 8 rows on ``F.linear``'s blocked kernel is at least as fast, so those stay as they are. In bf16 the two
 kernels take the same time (the unembedding at 4 rows: 135 ms against 145 ms), and on CUDA cuBLAS
 handles the shape itself, so the choice is made for fp32 on the CPU only.
+
 One row of a tall weight (more outputs than inputs: the unembedding, the fused q/k/v and gate/up
 products) is computed as two equal rows the same way: in a decode step the weights stream from memory,
 and the matrix-vector kernel reads a tall ``W`` more slowly than the two-column product does (the
