@@ -20,5 +20,7 @@ HOOK_RESID_PRE = "blocks.{layer}.hook_resid_pre"
 HOOK_RESID_MID = "blocks.{layer}.hook_resid_mid"
 HOOK_RESID_POST = "blocks.{layer}.hook_resid_post"
 HOOK_ATTN_OUT = "blocks.{layer}.hook_attn_out"
+#: The MLP's input after its pre-norm (a transcoder's input; Gemma Scope 2 and SAELens name it so).
+HOOK_MLP_IN = "blocks.{layer}.hook_mlp_in"
 HOOK_MLP_OUT = "blocks.{layer}.hook_mlp_out"
 HOOK_Z = "blocks.{layer}.attn.hook_z"

@@ -12,6 +12,7 @@ TL_BLOCK_HOOKS = [
     "hook_resid_mid",
     "hook_resid_post",
     "hook_attn_out",
+    "hook_mlp_in",
     "hook_mlp_out",
     "attn.hook_q",
     "attn.hook_k",

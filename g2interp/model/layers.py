@@ -208,6 +208,8 @@ class GemmaBlock(nn.Module):
         # [B, Q, M], after the post-attention norm (TransformerLens, Gemma Scope)
         self.hook_attn_out = HookPoint()
         self.hook_resid_mid = HookPoint()  # [B, Q, M]
+        # [B, Q, M], the MLP's input after its pre-norm (Gemma Scope 2's and SAELens's transcoder input)
+        self.hook_mlp_in = HookPoint()
         self.hook_mlp_out = HookPoint()  # [B, Q, M], after the post-MLP norm
         self.hook_resid_post = HookPoint()  # [B, Q, M]
 
@@ -223,7 +225,7 @@ class GemmaBlock(nn.Module):
             self.ln1_post(self.attn(self.ln1(resid_BQM), rope, masks, kv_cache, self.layer))
         )
         resid_BQM = self.hook_resid_mid(resid_BQM + attn_out)
-        mlp_out = self.hook_mlp_out(self.ln2_post(self.mlp(self.ln2(resid_BQM))))
+        mlp_out = self.hook_mlp_out(self.ln2_post(self.mlp(self.hook_mlp_in(self.ln2(resid_BQM)))))
         return self.hook_resid_post(resid_BQM + mlp_out)
 
 
