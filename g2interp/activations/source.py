@@ -92,6 +92,13 @@ class ActivationSource(ABC):
             raise ValueError(
                 f"the SAE reads {sae.cfg.d_in} features; {hook} of {self.name} is {self.d(hook)} wide"
             )
+        out = sae.cfg.hook_name_out
+        if out:  # a transcoder: its target is evaluated too
+            self.check_hooks(out)
+            if self.d(out) != sae.cfg.d_out:
+                raise ValueError(
+                    f"the transcoder writes {sae.cfg.d_out} features; {out} of {self.name} is {self.d(out)} wide"
+                )
         return hook
 
     def check_model(self, model: HookedGemma, requested: str = "") -> None:

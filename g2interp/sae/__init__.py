@@ -3,6 +3,7 @@ that trains them from an activation source (``train_saes``, the engine of ``g2in
 SAEs inside the model (``splice``, ``Steering``)."""
 
 from g2interp.distributed import DataParallel, init_data_parallel
+from g2interp.sae.architectures import inference_sae, make_saes, training_sae
 from g2interp.sae.checkpoint import CheckpointMismatchError
 from g2interp.sae.evaluate import (
     DeltaLossResult,
@@ -13,9 +14,17 @@ from g2interp.sae.evaluate import (
     evaluate_sae,
     next_token_loss,
 )
+from g2interp.sae.gemma_scope import GemmaScopeHooks, gemma_scope_hooks, load_gemma_scope
+from g2interp.sae.jumprelu import JumpReLUTrainingSAE, init_from_data, loss_and_grads
 from g2interp.sae.pipeline import EvalConfig, SAESpec, TrainedSAE, plan_saes, train_saes
 from g2interp.sae.recipes import RECIPES, Recipe, recipe
-from g2interp.sae.sae import JumpReLUSAE, SAEConfig, SAEFormatError
+from g2interp.sae.sae import (
+    JumpReLUSAE,
+    SAEConfig,
+    SAEFormatError,
+    check_transcoder_hooks,
+    transcoder_hook_out,
+)
 from g2interp.sae.splice import Splice, SplicedSAE, Steering, splice, steered, steering_hooks
 from g2interp.sae.ste import JumpReLU, Step, rectangle
 from g2interp.sae.trainer import (
@@ -26,31 +35,29 @@ from g2interp.sae.trainer import (
     train_together,
 )
 from g2interp.sae.training import (
+    ARCHITECTURES,
     GradStats,
-    JumpReLUTrainingSAE,
-    L0Steer,
     SAETrainingConfig,
+    StepInput,
     StepStats,
     TrainingForward,
     TrainingLoss,
-    init_from_data,
+    TrainingSAE,
     learning_rate,
-    loss_and_grads,
-    make_saes,
-    steer_l0_coefficient,
 )
 
 __all__ = [
+    "ARCHITECTURES",
     "RECIPES",
     "CheckpointMismatchError",
     "DataParallel",
     "DeltaLossResult",
     "EvalConfig",
+    "GemmaScopeHooks",
     "GradStats",
     "JumpReLU",
     "JumpReLUSAE",
     "JumpReLUTrainingSAE",
-    "L0Steer",
     "NonFiniteError",
     "Recipe",
     "SAEConfig",
@@ -65,17 +72,23 @@ __all__ = [
     "SplicedSAE",
     "Steering",
     "Step",
+    "StepInput",
     "StepMetrics",
     "StepStats",
     "TrainedSAE",
     "TrainingForward",
     "TrainingLoss",
+    "TrainingSAE",
+    "check_transcoder_hooks",
     "delta_lm_loss",
     "evaluate_on_source",
     "evaluate_sae",
+    "gemma_scope_hooks",
+    "inference_sae",
     "init_data_parallel",
     "init_from_data",
     "learning_rate",
+    "load_gemma_scope",
     "loss_and_grads",
     "make_saes",
     "next_token_loss",
@@ -83,9 +96,10 @@ __all__ = [
     "recipe",
     "rectangle",
     "splice",
-    "steer_l0_coefficient",
     "steered",
     "steering_hooks",
     "train_saes",
     "train_together",
+    "training_sae",
+    "transcoder_hook_out",
 ]

@@ -2,7 +2,7 @@
 ``latest.json`` replaced atomically, so a killed run always finds its last complete checkpoint.
 
 ``step_000001000/`` holds ``trainer_state.safetensors`` (weights, Adam moments, firing counters, torch
-RNG) and ``trainer_state.json`` (step, input scale, λ controller, config). :class:`CheckpointMixin` gives
+RNG) and ``trainer_state.json`` (step, input and output scales, config). :class:`CheckpointMixin` gives
 :class:`~g2interp.sae.trainer.SAETrainer` its ``save_checkpoint`` and ``resume``; a trainer built with
 the same arguments resumes from one and ends bitwise equal to an uninterrupted run.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 from pathlib import Path
@@ -30,11 +29,11 @@ from g2interp.sae.constants import (
     CHECKPOINT_STATE_FILE,
     CHECKPOINT_TENSORS_FILE,
 )
-from g2interp.sae.training import L0Steer, SAETrainingConfig
+from g2interp.sae.training import SAETrainingConfig
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: thresholds trained directly, buffers, output scale
 #: Config fields a resumed run may change: they do not touch the numbers.
 _RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "log_every")
 #: Per-latent firing counters of the trainer, one tensor per SAE each.
@@ -54,6 +53,7 @@ class CheckpointMixin:
     is_main: bool
     step: int
     input_scale: float | None
+    output_scale: float | None
     last_checkpoint: Path | None
 
     def _truncate_metrics_log(self) -> None:
@@ -77,6 +77,8 @@ class CheckpointMixin:
                 tensors[f"sae{i}.{name}"] = param.detach()
                 for key, value in opt.state.get(param, {}).items():
                     tensors[f"sae{i}.adam.{name}.{key}"] = value
+            for name, buffer in sae.named_buffers():  # state that is not trained (a running threshold)
+                tensors[f"sae{i}.buffer.{name}"] = buffer
             for name in _COUNTERS:
                 tensors[f"sae{i}.{name}"] = getattr(self, name)[i]
         return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -90,12 +92,9 @@ class CheckpointMixin:
             "input_scale": self.input_scale,
             "window_steps": self.window_steps,
             "previous_window_steps": self.previous_window_steps,
-            "l0_coefficients": [sae.l0_coefficient for sae in self.saes],
-            "l0_steer": [
-                [steer.coefficient, steer.log_l0_ema if math.isfinite(steer.log_l0_ema) else None]
-                for steer in self.l0_steer
-            ],
-            "bandwidths": [sae.bandwidth for sae in self.saes],
+            "output_scale": self.output_scale,
+            "l0_coefficients": _coefficients(self.saes),
+            "bandwidths": _bandwidths(self.saes),
             "config": self.cfg.to_dict(),
         }
 
@@ -151,6 +150,8 @@ class CheckpointMixin:
         with torch.no_grad():
             for i, (sae, opt) in enumerate(zip(self.saes, self.optimizers, strict=True)):
                 opt_state: dict[int, dict[str, Tensor]] = {}
+                for name, buffer in sae.named_buffers():
+                    buffer.copy_(tensors[f"sae{i}.buffer.{name}"])
                 for j, (name, param) in enumerate(sae.named_parameters()):
                     param.copy_(tensors[f"sae{i}.{name}"])
                     moments = {
@@ -166,10 +167,9 @@ class CheckpointMixin:
         torch.set_rng_state(tensors["rng.torch"])
         self.step = int(state["step"])
         self.input_scale = float(state["input_scale"])
+        self.output_scale = float(state["output_scale"])
         self.window_steps = int(state["window_steps"])
         self.previous_window_steps = int(state["previous_window_steps"])
-        steer = state.get("l0_steer") or [[c, None] for c in state["l0_coefficients"]]  # older checkpoints
-        self.l0_steer = [L0Steer(float(coef), math.nan if ema is None else float(ema)) for coef, ema in steer]
         self.last_checkpoint = folder
         self._truncate_metrics_log()
         logger.info("resumed from %s at step %d", folder, self.step)
@@ -188,9 +188,17 @@ class CheckpointMixin:
         if changed:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
             raise CheckpointMismatchError(f"{folder} was written with other settings ({detail})")
-        coefs = [sae.l0_coefficient for sae in self.saes]
-        if state["l0_coefficients"] != coefs or state["bandwidths"] != [sae.bandwidth for sae in self.saes]:
+        coefs, bandwidths = _coefficients(self.saes), _bandwidths(self.saes)
+        if state["l0_coefficients"] != coefs or state["bandwidths"] != bandwidths:
             raise CheckpointMismatchError(
                 f"{folder} holds SAEs with L0 coefficients {state['l0_coefficients']} and bandwidths "
-                f"{state['bandwidths']}; this trainer has {coefs} and {[sae.bandwidth for sae in self.saes]}"
+                f"{state['bandwidths']}; this trainer has {coefs} and {bandwidths}"
             )
+
+
+def _coefficients(saes: list[Any]) -> list[float | None]:
+    return [getattr(sae, "l0_coefficient", None) for sae in saes]
+
+
+def _bandwidths(saes: list[Any]) -> list[float | None]:
+    return [getattr(sae, "bandwidth", None) for sae in saes]

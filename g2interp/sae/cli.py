@@ -3,6 +3,8 @@
     g2interp train-sae --store runs/store --hook blocks.6.hook_resid_post --hook blocks.9.hook_mlp_out --out runs/saes
     g2interp train-sae --model gemma-3-270m --data corpus/ --context-length 128 --hook blocks.6.hook_resid_post --out runs/l6
     g2interp train-sae --store runs/store --hook blocks.6.hook_resid_post --d-sae 2048 4096 --target-l0 20 40 --out runs/sweep
+    g2interp train-sae --store runs/store --hook blocks.6.hook_resid_post --architecture matryoshka --target-l0 40 --out runs/mat
+    g2interp train-sae --store runs/store --hook blocks.6.hook_mlp_in --transcoder --affine-skip --out runs/tc
 
 One SAE per hook (or per width x target L0), all from one stream of the store's batches. Settings start
 from ``--recipe`` and any :class:`SAETrainingConfig` flag overrides them; without ``--total-tokens`` the
@@ -31,12 +33,22 @@ from g2interp.cli_config import (
 )
 from g2interp.sae.pipeline import EvalConfig
 from g2interp.sae.recipes import RECIPES
-from g2interp.sae.training import B_DEC_INITS, SAETrainingConfig
+from g2interp.sae.training import ARCHITECTURES, B_DEC_INITS, SAETrainingConfig
 
 logger = logging.getLogger("g2interp.sae.cli")
 
 #: SAETrainingConfig fields the run sets itself (from the source, the hook and the sweep).
-_DERIVED = ("d_in", "d_sae", "total_tokens", "target_l0", "hook_name", "model_name", "reshape_hook_z")
+_DERIVED = (
+    "d_in",
+    "d_sae",
+    "total_tokens",
+    "target_l0",
+    "hook_name",
+    "hook_name_out",
+    "d_out",
+    "model_name",
+    "reshape_hook_z",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +70,11 @@ class TrainSAEConfig:
     d_sae: tuple[int, ...] = ()
     """Latents; several values train a sweep (default: the recipe's)."""
     target_l0: tuple[float, ...] = ()
-    """Target L0 (0: fixed λ); several values train a sweep (default: the recipe's)."""
+    """Target L0 (``jumprelu``: the quadratic penalty's target, 0 for a linear L0 penalty; ``batchtopk`` and
+    ``matryoshka``: k); several values train a sweep (default: the recipe's)."""
+    transcoder: bool = False
+    """Train transcoders: each ``--hook`` is an MLP input ``blocks.L.hook_mlp_in`` and its transcoder
+    reconstructs ``blocks.L.hook_mlp_out`` (the store must hold both; ``--affine-skip`` adds a skip)."""
     total_tokens: int | None = None
     """Tokens each SAE trains on, repeats counted (default: the recipe's epochs over the training rows)."""
     epochs: int | None = None
@@ -86,7 +102,7 @@ class TrainSAEConfig:
 def build_parser() -> argparse.ArgumentParser:
     parser = stage_parser(
         "g2interp train-sae",
-        "Train JumpReLU SAEs on a Gemma model's activations and evaluate them on held-out contexts.",
+        "Train SAEs and transcoders (JumpReLU, BatchTopK, Matryoshka) on a Gemma model's activations and evaluate them on held-out contexts.",
     )
     add_config_arguments(
         parser.add_argument_group("run"), TrainSAEConfig, choices={"recipe": sorted(RECIPES)}
@@ -105,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument_group("training (overrides of the recipe)"),
         SAETrainingConfig,
         skip=_DERIVED,
-        choices={"b_dec_init": B_DEC_INITS},
+        choices={"b_dec_init": B_DEC_INITS, "architecture": ARCHITECTURES},
         overrides_only=True,
     )
     add_process_arguments(parser)
@@ -140,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         sweep = {k: getattr(cfg, k) for k in ("d_sae", "target_l0", "total_tokens", "epochs")}
         overrides = {k: v for k, v in config_values(SAETrainingConfig, args).items() if k not in _DERIVED}
-        specs = plan_saes(source, cfg.hook, cfg.recipe, **sweep, **overrides)
+        specs = plan_saes(source, cfg.hook, cfg.recipe, transcoder=cfg.transcoder, **sweep, **overrides)
         if model is None and parallel.is_main:
             model = load_model(source.model_source, device=device, dtype=cfg.model_dtype)
         results = train_saes(

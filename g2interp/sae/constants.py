@@ -14,6 +14,11 @@ DELTA_LOSS_RESULTS_FILE = "delta_lm_loss.json"
 
 #: Gemma Scope releases one ``params.npz`` per SAE.
 GEMMA_SCOPE_PARAMS_FILE = "params.npz"
+#: Gemma Scope 2 releases a folder per SAE or transcoder: ``params.safetensors`` and, for most,
+#: ``config.json`` (whose ``architecture`` is ``jump_relu``).
+GEMMA_SCOPE_2_PARAMS_FILE = "params.safetensors"
+GEMMA_SCOPE_2_CONFIG_FILE = "config.json"
+GEMMA_SCOPE_2_ARCHITECTURE = "jump_relu"
 
 #: Trainer checkpoint: one folder per saved step, and a pointer to the newest complete one.
 CHECKPOINT_DIR_TEMPLATE = "step_{step:09d}"
@@ -27,6 +32,9 @@ METRICS_LOG_FILE = "metrics.jsonl"
 
 #: ``architecture`` value in SAELens's cfg.json for JumpReLU SAEs.
 JUMPRELU_ARCHITECTURE = "jumprelu"
+#: ... for JumpReLU transcoders, without and with an affine skip connection (SAELens's names).
+JUMPRELU_TRANSCODER_ARCHITECTURE = "jumprelu_transcoder"
+JUMPRELU_SKIP_TRANSCODER_ARCHITECTURE = "jumprelu_skip_transcoder"
 #: Written as ``metadata.sae_lens_version``: the cfg.json layout is SAELens's >= 6.0 one, and SAELens
 #: reads a folder without this field as a pre-6.0 config and renames its keys.
 SAELENS_FORMAT_VERSION = "6.0.0"

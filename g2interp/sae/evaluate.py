@@ -121,7 +121,7 @@ class DeltaLossResult(_Result):
 @torch.no_grad()
 def evaluate_sae(
     sae: JumpReLUSAE,
-    batches: Iterable[Float[Tensor, "... d_in"]],
+    batches: Iterable[Float[Tensor, "... d_in"] | tuple[Tensor, Tensor]],
     *,
     max_batches: int | None = None,
     dense_threshold: float = 0.1,
@@ -130,32 +130,42 @@ def evaluate_sae(
 ) -> SAEEvalResult:
     """L0, MSE, FVU, dead and dense latents, and the firing-density histogram over raw activation batches.
 
+    A transcoder's batches are ``(inputs, targets)`` pairs (its input and output hooks' activations):
+    MSE and FVU are then those of the targets, e.g. of the MLP's output.
+
     Sums are accumulated in float64 in one pass, so the result does not depend on how the tokens are batched
     beyond float rounding of the SAE itself.
     """
     if not 0 < dense_threshold <= 1:
         raise ValueError(f"dense_threshold must lie in (0, 1], got {dense_threshold}")
-    d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
+    d_in, d_sae, d_out = sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.d_out
     n = 0
-    sum_x_D = torch.zeros(d_in, dtype=torch.float64)
-    sum_sq_x = 0.0
+    sum_y_O = torch.zeros(d_out, dtype=torch.float64)
+    sum_sq_y = 0.0
     sum_sq_err = 0.0
     fired_F = torch.zeros(d_sae, dtype=torch.int64)
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
-        x_ND = batch.reshape(-1, d_in).to(sae.W_enc.device)
+        x, y = batch if isinstance(batch, tuple | list) else (batch, None)
+        if sae.cfg.is_transcoder and y is None:
+            raise ValueError("a transcoder is evaluated on (inputs, targets) pairs; got inputs only")
+        x_ND = x.reshape(-1, d_in).to(sae.W_enc.device)
+        y_NO = x_ND if y is None else y.reshape(-1, d_out).to(sae.W_enc.device)
         acts_NF = sae.encode(x_ND)
-        err_ND = (sae.decode(acts_NF) - x_ND.to(acts_NF.dtype)).double()
-        x64_ND = x_ND.double()
+        recon_NO = sae.decode(acts_NF)
+        if sae.W_skip is not None:
+            recon_NO = recon_NO + sae.skip(x_ND)
+        err_NO = (recon_NO - y_NO.to(acts_NF.dtype)).double()
+        y64_NO = y_NO.double()
         n += x_ND.shape[0]
-        sum_x_D += x64_ND.sum(0).cpu()
-        sum_sq_x += float((x64_ND * x64_ND).sum())
-        sum_sq_err += float((err_ND * err_ND).sum())
+        sum_y_O += y64_NO.sum(0).cpu()
+        sum_sq_y += float((y64_NO * y64_NO).sum())
+        sum_sq_err += float((err_NO * err_NO).sum())
         fired_F += (acts_NF != 0).sum(0).cpu()
     if n == 0:
         raise ValueError("no activations to evaluate: the batches were empty")
-    total_var = sum_sq_x - float(sum_x_D @ sum_x_D) / n
+    total_var = sum_sq_y - float(sum_y_O @ sum_y_O) / n
     fvu = sum_sq_err / total_var if total_var > 0 else float("nan")
     density_F = fired_F.double() / n
     alive = density_F[density_F > 0]
@@ -164,7 +174,7 @@ def evaluate_sae(
     return SAEEvalResult(
         n_tokens=n,
         l0=float(fired_F.sum()) / n,
-        mse=sum_sq_err / (n * d_in),
+        mse=sum_sq_err / (n * d_out),
         fvu=fvu,
         variance_explained=1.0 - fvu,
         dead_fraction=float((fired_F == 0).sum()) / d_sae,
@@ -316,7 +326,14 @@ def evaluate_on_source(
     earlier SAE's evaluation on the same source skips the clean runs)."""
     hook = source.check_sae(sae)
     source.check_eval_contexts(max(1, delta_loss_contexts) if split == "eval" else 0)
-    rows = (r.activations[hook].to(sae.W_enc.device) for r in source.iter_rows(hook, split))
+    hooks = [hook, sae.cfg.hook_name_out] if sae.cfg.is_transcoder else [hook]
+    device = sae.W_enc.device
+    rows = (
+        tuple(r.activations[h].to(device) for h in hooks)
+        if len(hooks) == 2
+        else r.activations[hook].to(device)
+        for r in source.iter_rows(hooks, split)
+    )
     contexts, r = source.contexts(), source.contexts().split_range(split)
     result = evaluate_sae(sae, rows)
     result = replace(result, split=split, n_contexts=len(r), source_fingerprint=source.fingerprint)

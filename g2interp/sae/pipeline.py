@@ -30,12 +30,13 @@ from g2interp.activations.source import ActivationSource
 from g2interp.cli_config import config_from_args, require_ints
 from g2interp.distributed import DataParallel
 from g2interp.files import atomic_write_text
+from g2interp.sae.architectures import make_saes
 from g2interp.sae.constants import FINAL_SAE_DIR_TEMPLATE
 from g2interp.sae.evaluate import SAEEvaluation, evaluate_on_source
 from g2interp.sae.recipes import Recipe, recipe
-from g2interp.sae.sae import JumpReLUSAE
+from g2interp.sae.sae import JumpReLUSAE, transcoder_hook_out
 from g2interp.sae.trainer import SAETrainer, train_together
-from g2interp.sae.training import SAETrainingConfig, make_saes
+from g2interp.sae.training import SAETrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,16 @@ class SAESpec:
     hook: str
     """Hook whose activations it reads."""
     training: SAETrainingConfig
-    """Its settings (``d_in`` the hook's width)."""
+    """Its settings (``d_in`` the hook's width; a transcoder's ``hook_name_out`` and ``d_out``)."""
     folder: str
-    """Folder relative to the run's output (``<hook>``, or ``<hook>/d_sae=..,target_l0=..`` in a sweep)."""
+    """Folder relative to the run's output (``<hook>``, or ``<hook>/d_sae=..,target_l0=..`` in a sweep;
+    a transcoder's ``<hook>-to-<output hook point>``)."""
+
+    @property
+    def key(self) -> str | tuple[str, str]:
+        """What it trains on in a dict batch: its hook, or a transcoder's (input hook, output hook)."""
+        out = self.training.hook_name_out
+        return (self.hook, out) if out else self.hook
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,7 +98,9 @@ class TrainedSAE(NamedTuple):
         meta = self.sae.cfg.metadata
         out = {"sae": str(self.folder), "hook": self.spec.hook, "d_in": self.sae.cfg.d_in, "d_sae": self.sae.cfg.d_sae,
                "trained": self.trained, "training_tokens": meta.get("training_tokens"),
-               "train_dead_fraction": meta.get("dead_fraction"), "l0_coefficient": meta.get("l0_coefficient")}  # fmt: skip
+               "train_dead_fraction": meta.get("dead_fraction"), "l0_coefficient": meta.get("l0_coefficient"),
+               "architecture": meta.get("architecture", "jumprelu"), "target_l0": meta.get("target_l0"),
+               "hook_out": self.sae.cfg.hook_name_out or None}  # fmt: skip
         if self.evaluation is not None:
             ev, dl = self.evaluation
             out.update(l0=ev.l0, fvu=ev.fvu, dead_fraction=ev.dead_fraction, eval_tokens=ev.n_tokens,
@@ -107,15 +117,21 @@ def plan_saes(
     target_l0: Sequence[float] = (),
     total_tokens: int | None = None,
     epochs: int | None = None,
+    transcoder: bool = False,
     **overrides: Any,
 ) -> list[SAESpec]:
     """One spec per hook x width x target L0 (the recipe's when not given), checked against the source.
 
     ``total_tokens`` defaults to ``epochs`` (the recipe's) passes over the source's training rows, in
-    whole batches; ``overrides`` set other :class:`SAETrainingConfig` fields.
+    whole batches; ``overrides`` set other :class:`SAETrainingConfig` fields. ``transcoder``: each hook
+    is an MLP input ``blocks.L.hook_mlp_in`` and its transcoder reconstructs ``blocks.L.hook_mlp_out``,
+    which the source must hold too.
     """
     r = recipe(recipe_name)
     names = source.check_hooks(hooks)
+    outputs = {h: transcoder_hook_out(h) for h in names} if transcoder else {}
+    if outputs:
+        source.check_hooks(list(outputs.values()))
     widths = list(d_sae) or [r.d_sae]
     targets = list(target_l0) or [overrides.pop("target_l0", r.training.get("target_l0", 0.0))]
     batch_size = overrides.get("batch_size", r.training.get("batch_size", SAETrainingConfig.batch_size))
@@ -130,6 +146,9 @@ def plan_saes(
     specs = []
     for hook, width, target in itertools.product(names, widths, targets):
         shape = source.hook_shape(hook)
+        out = outputs.get(hook, "")
+        if out:
+            overrides = {**overrides, "hook_name_out": out, "d_out": source.d(out)}
         cfg = r.config(
             d_in=math.prod(shape),
             d_sae=width,
@@ -140,7 +159,8 @@ def plan_saes(
             reshape_hook_z=len(shape) == 2,
             **overrides,
         )
-        folder = f"{hook}/d_sae={width},target_l0={target:g}" if sweep else hook
+        name = f"{hook}-to-{out.rsplit('.', 1)[-1]}" if out else hook
+        folder = f"{name}/d_sae={width},target_l0={target:g}" if sweep else name
         specs.append(SAESpec(hook, cfg, folder))
     return specs
 
@@ -171,6 +191,12 @@ def train_saes(
             raise ValueError(
                 f"d_in {spec.training.d_in} is not the width of {spec.hook} in {source.name}: it is {source.d(spec.hook)}"
             )
+        hook_out = spec.training.hook_name_out
+        if hook_out and source.d(source.check_hooks(hook_out)[0]) != spec.training.d_out:
+            raise ValueError(
+                f"d_out {spec.training.d_out} is not the width of {hook_out} in {source.name}: "
+                f"it is {source.d(hook_out)}"
+            )
     parallel = parallel or DataParallel()
     local_batch = parallel.local_batch_size(specs[0].training.batch_size)
     out = Path(out)
@@ -178,7 +204,7 @@ def train_saes(
         out.mkdir(parents=True, exist_ok=True)
         plan = {"source": source.provenance(""), "seed": seed, "saes": [dataclasses.asdict(s) for s in specs]}
         atomic_write_text(out / RUN_CONFIG_FILE, json.dumps(plan, indent=2) + "\n")
-    hooks = list(dict.fromkeys(s.hook for s in specs))
+    hooks = list(dict.fromkeys(h for s in specs for h in (s.hook, s.training.hook_name_out) if h))
     trainers = [
         SAETrainer(
             s.training,
@@ -198,7 +224,7 @@ def train_saes(
     finals = train_together(
         trainers,
         lambda start: source.batches(hooks, local_batch, start=start, **stream),
-        [s.hook for s in specs],
+        [s.key for s in specs],
         progress=progress,
     )
     logger.info("trained %d SAEs on %s in %.1f s", len(specs), hooks, time.perf_counter() - started)

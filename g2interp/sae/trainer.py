@@ -27,32 +27,30 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from jaxtyping import Float
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from g2interp.distributed import DataParallel
 from g2interp.files import atomic_write_bytes
+from g2interp.sae.architectures import inference_sae, make_saes
 from g2interp.sae.checkpoint import CheckpointMixin
 from g2interp.sae.constants import FINAL_SAE_DIR_TEMPLATE, SAE_SPARSITY_FILE
 from g2interp.sae.sae import JumpReLUSAE
 from g2interp.sae.training import (
-    JumpReLUTrainingSAE,
-    L0Steer,
     SAETrainingConfig,
+    StepInput,
     StepStats,
-    init_from_data,
+    TrainingSAE,
     l0_coefficient_at,
     learning_rate,
-    loss_and_grads,
-    make_saes,
-    steer_l0_coefficient,
 )
 
 logger = logging.getLogger(__name__)
 
-BatchSource = Iterable[Tensor] | Callable[[int], Iterable[Tensor]]
+#: A batch: the activations [batch, d_in], or for a transcoder ``(inputs, targets)`` [batch, d_in], [batch, d_out].
+Batch = Tensor | tuple[Tensor, Tensor]
+BatchSource = Iterable[Batch] | Callable[[int], Iterable[Batch]]
 
 
 class NonFiniteError(FloatingPointError):
@@ -94,25 +92,13 @@ class StepMetrics(NamedTuple):
 Callback = Callable[["SAETrainer", StepMetrics], None]
 
 
-def _param_groups(sae: JumpReLUTrainingSAE, threshold_lr_scale: float) -> list[dict[str, Any]]:
-    """Adam groups in ``named_parameters`` order (checkpoints index moments by that order): the
-    log-thresholds, last, learn at ``threshold_lr_scale`` times the learning rate."""
-    names = [name for name, _ in sae.named_parameters()]
-    assert names[-1] == "log_threshold", names
-    params = list(sae.parameters())
-    return [
-        {"params": params[:-1], "lr_scale": 1.0},
-        {"params": params[-1:], "lr_scale": threshold_lr_scale},
-    ]
-
-
 class SAETrainer(CheckpointMixin):
-    """Train one or several JumpReLU SAEs (e.g. an L0-coefficient sweep) on the same batches."""
+    """Train one or several SAEs of one architecture (e.g. an L0-coefficient sweep) on the same batches."""
 
     def __init__(
         self,
         cfg: SAETrainingConfig,
-        saes: JumpReLUTrainingSAE | Sequence[JumpReLUTrainingSAE] | None,
+        saes: TrainingSAE | Sequence[TrainingSAE] | None,
         batches: BatchSource | None = None,
         callbacks: Sequence[Callback] = (),
         checkpoint_dir: str | Path | None = None,
@@ -133,12 +119,15 @@ class SAETrainer(CheckpointMixin):
         )
         if saes is None:
             saes = make_saes(cfg)
-        self.saes = [saes] if isinstance(saes, JumpReLUTrainingSAE) else list(saes)
+        self.saes: list[Any] = [saes] if isinstance(saes, torch.nn.Module) else list(saes)
         if not self.saes:
             raise ValueError("no SAEs to train")
         for i, sae in enumerate(self.saes):
-            if (sae.d_in, sae.d_sae) != (cfg.d_in, cfg.d_sae):
-                raise ValueError(f"SAE {i} is {sae.d_in}x{sae.d_sae}; the config says {cfg.d_in}x{cfg.d_sae}")
+            if (sae.d_in, sae.d_sae, sae.d_out) != (cfg.d_in, cfg.d_sae, cfg.d_out):
+                raise ValueError(
+                    f"SAE {i} is {sae.d_in}x{sae.d_sae}x{sae.d_out} (d_in x d_sae x d_out); the config says "
+                    f"{cfg.d_in}x{cfg.d_sae}x{cfg.d_out}"
+                )
         self.batches = batches
         self.callbacks = list(callbacks)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -146,7 +135,7 @@ class SAETrainer(CheckpointMixin):
         self.progress = progress and self.is_main
         self.optimizers = [
             torch.optim.Adam(
-                _param_groups(sae, cfg.threshold_lr_scale),
+                sae.parameters(),
                 lr=cfg.lr,
                 betas=cfg.adam_betas,
                 eps=cfg.adam_eps,
@@ -160,14 +149,14 @@ class SAETrainer(CheckpointMixin):
         counters = dict(size=(cfg.d_sae,), dtype=torch.int64, device=self.device)
         self.step = 0
         self.input_scale: float | None = None
+        #: Scale of the reconstruction targets (the input scale, except for a transcoder).
+        self.output_scale: float | None = None
         self.steps_since_fired = [torch.zeros(**counters) for _ in self.saes]
         self.window_fired = [torch.zeros(**counters) for _ in self.saes]
         self.window_steps = 0
         self.previous_window_fired = [torch.zeros(**counters) for _ in self.saes]
         self.previous_window_steps = 0
         self.last_checkpoint: Path | None = None
-        #: λ of each SAE steered towards ``cfg.target_l0`` (unused without a target).
-        self.l0_steer = [L0Steer(sae.l0_coefficient, math.nan) for sae in self.saes]
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> list[JumpReLUSAE]:
@@ -195,7 +184,7 @@ class SAETrainer(CheckpointMixin):
     def done(self) -> bool:
         return self.step >= self.cfg.total_steps
 
-    def feed(self, batch: Tensor) -> list[StepMetrics]:
+    def feed(self, batch: Batch) -> list[StepMetrics]:
         """Take the next batch: buffered until ``n_norm_batches`` set the input scale, then trained on."""
         if self.done:
             return []
@@ -204,11 +193,11 @@ class SAETrainer(CheckpointMixin):
             if len(self._head) < min(self.cfg.n_norm_batches, self.cfg.total_steps):
                 return []
             head, self._head = self._head, []
-            self._set_input_scale(head)
+            self.set_input_scale(head)
             return [self._step(b) for b in head]
         return [self._step(batch)]
 
-    def _step(self, batch: Tensor) -> StepMetrics:
+    def _step(self, batch: Batch) -> StepMetrics:
         cfg = self.cfg
         metrics = self.train_step(batch)
         if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
@@ -231,36 +220,42 @@ class SAETrainer(CheckpointMixin):
             self.parallel.barrier()
         return final
 
-    def train_step(self, x: Float[Tensor, "batch d_in"]) -> StepMetrics:
-        """One optimiser step of every SAE on one raw batch."""
+    def train_step(self, batch: Batch) -> StepMetrics:
+        """One optimiser step of every SAE on one raw batch (``(inputs, targets)`` for a transcoder)."""
         cfg = self.cfg
-        if self.input_scale is None:
+        if self.input_scale is None or self.output_scale is None:
             raise RuntimeError("input scale not set: call fit(), or set trainer.input_scale first")
         # Data-parallel ranks must all raise on a bad batch, so its check waits for the reduction.
-        x_BD = self._check_batch(x, self.step, raise_nonfinite=self.parallel is None) * self.input_scale
+        x_BD, y_BO = self._check_batch(batch, self.step, raise_nonfinite=self.parallel is None)
+        x_BD = x_BD * self.input_scale
+        y_BO = x_BD if y_BO is None else y_BO * self.output_scale
         lr = learning_rate(cfg, self.step)
-        if cfg.target_l0 > 0:
-            coefs = [steer.coefficient for steer in self.l0_steer]
-        else:
-            coefs = [
-                l0_coefficient_at(sae.l0_coefficient, cfg.l0_warmup_steps, self.step) for sae in self.saes
-            ]
+        coefs = [
+            l0_coefficient_at(getattr(sae, "l0_coefficient", 0.0), cfg.l0_warmup_steps, self.step)
+            for sae in self.saes
+        ]
         # All gradients before any update, so a non-finite loss leaves every SAE untouched.
         stats: list[StepStats] = []
-        for sae, coef in zip(self.saes, coefs, strict=True):
-            stats.append(loss_and_grads(sae, x_BD, coef, cfg.sparse_below))
+        for i, (sae, coef) in enumerate(zip(self.saes, coefs, strict=True)):
+            dead_F = self.steps_since_fired[i] >= cfg.dead_window_steps
+            stats.append(sae.loss_and_grads(StepInput(x_BD, y_BO, coef, dead_F, cfg.sparse_below)))
             if self.parallel is None:
                 self._check_loss(stats[-1], len(stats) - 1)
         if self.parallel is not None:
-            stats = self._all_reduce(x_BD, stats, coefs)
+            stats = self._all_reduce(x_BD, y_BO, stats, coefs)
             for i, st in enumerate(stats):
                 self._check_loss(st, i)
         for sae, opt in zip(self.saes, self.optimizers, strict=True):
-            sae.project_decoder_grad()
             for group in opt.param_groups:
-                group["lr"] = lr * group["lr_scale"]
+                group["lr"] = lr
             opt.step()
-            sae.normalise_decoder()
+            sae.after_step()
+            if self.parallel is not None and any(True for _ in sae.buffers()):
+                # state updated from each rank's own rows (a running threshold): keep the ranks equal
+                buffers = list(sae.buffers())
+                self.parallel.all_reduce_sum(buffers)
+                for buffer in buffers:
+                    buffer.div_(self.parallel.world_size)
         self.step += 1
         self.window_steps += 1
         reset_window = self.window_steps >= cfg.dead_window_steps
@@ -271,8 +266,6 @@ class SAETrainer(CheckpointMixin):
             dead = float((since >= cfg.dead_window_steps).sum()) / cfg.d_sae
             self.window_fired[i].add_(st.fired_F)
             out.append(SAEMetrics(coef, st.loss, st.mse, st.l0, st.fvu, dead, st.sparse))
-            if cfg.target_l0 > 0:
-                self.l0_steer[i] = steer_l0_coefficient(cfg, self.l0_steer[i], st.l0)
         if reset_window:  # keep the finished window's counts for feature_density()
             for fired, previous in zip(self.window_fired, self.previous_window_fired, strict=True):
                 previous.copy_(fired)
@@ -287,7 +280,9 @@ class SAETrainer(CheckpointMixin):
     def _non_finite(self, what: str) -> NonFiniteError:
         return NonFiniteError(f"{what}; last good checkpoint: {self.last_checkpoint or 'none'}")
 
-    def _all_reduce(self, x_BD: Tensor, stats: list[StepStats], coefs: list[float]) -> list[StepStats]:
+    def _all_reduce(
+        self, x_BD: Tensor, y_BO: Tensor, stats: list[StepStats], coefs: list[float]
+    ) -> list[StepStats]:
         """Average the gradients over the ranks and turn per-rank sums into global batch statistics.
 
         Each rank's gradient is of the mean loss over its ``b`` rows; with equal slices, their mean is
@@ -295,17 +290,21 @@ class SAETrainer(CheckpointMixin):
         """
         assert self.parallel is not None
         world, B_local = self.parallel.world_size, x_BD.shape[0]
-        x64_BD = x_BD.double()
+        finite = bool(torch.isfinite(x_BD).all()) and bool(torch.isfinite(y_BO).all())
+        y64_BO = y_BO.double()
         sums = [
-            torch.tensor(
-                [float(not bool(torch.isfinite(x_BD).all()))], dtype=torch.float64, device=self.device
-            ),
-            (x64_BD * x64_BD).sum().reshape(1),
-            x64_BD.sum(0),
+            torch.tensor([float(not finite)], dtype=torch.float64, device=self.device),
+            (y64_BO * y64_BO).sum().reshape(1),
+            y64_BO.sum(0),
         ]
         for st in stats:
+            extra = st.loss - st.mse  # the sparsity and auxiliary terms, means over the rank's rows
             sums.append(
-                torch.tensor([st.mse * B_local, st.l0 * B_local], dtype=torch.float64, device=self.device)
+                torch.tensor(
+                    [st.mse * B_local, st.l0 * B_local, extra * B_local],
+                    dtype=torch.float64,
+                    device=self.device,
+                )
             )
             sums.append(st.fired_F.to(torch.float64))
         vec = torch.cat(sums)
@@ -315,18 +314,17 @@ class SAETrainer(CheckpointMixin):
             grad.div_(world)
         if vec[0] > 0:
             raise self._non_finite(f"batch at step {self.step} holds NaN or inf (on {int(vec[0])} rank(s))")
-        D, F, B = self.cfg.d_in, self.cfg.d_sae, B_local * world
-        sum_sq_x, sum_x_D = float(vec[1]), vec[2 : 2 + D]
-        total_var = sum_sq_x - float(sum_x_D @ sum_x_D) / B
-        out, offset = [], 2 + D
-        for st, coef in zip(stats, coefs, strict=True):
-            sq_err, active = float(vec[offset]), float(vec[offset + 1])
-            fired_F = vec[offset + 2 : offset + 2 + F].round().to(torch.int64)
-            offset += 2 + F
+        d_out, F, B = self.cfg.d_out, self.cfg.d_sae, B_local * world
+        sum_sq_y, sum_y_O = float(vec[1]), vec[2 : 2 + d_out]
+        total_var = sum_sq_y - float(sum_y_O @ sum_y_O) / B
+        out, offset = [], 2 + d_out
+        for st in stats:
+            sq_err, active, extra = (float(v) for v in vec[offset : offset + 3])
+            fired_F = vec[offset + 3 : offset + 3 + F].round().to(torch.int64)
+            offset += 3 + F
             fvu = sq_err / total_var if total_var > 0 else float("nan")
-            out.append(
-                StepStats(sq_err / B + coef * active / B, sq_err / B, active / B, fvu, fired_F, st.sparse)
-            )
+            # the quadratic penalty is a mean over rows, so the ranks' means average exactly too
+            out.append(StepStats((sq_err + extra) / B, sq_err / B, active / B, fvu, fired_F, st.sparse))
         return out
 
     # ------------------------------------------------------------------ batches
@@ -344,88 +342,106 @@ class SAETrainer(CheckpointMixin):
                     )
         return stream
 
-    def _check_batch(self, x: Tensor, step_index: int, raise_nonfinite: bool = True) -> Tensor:
+    def _check_batch(
+        self, batch: Batch, step_index: int, raise_nonfinite: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """The batch's inputs and (transcoder) targets, shape-checked, float32 on the SAEs' device."""
+        if self.cfg.is_transcoder:
+            if not (isinstance(batch, tuple | list) and len(batch) == 2):
+                raise TypeError(
+                    f"batch at step {step_index}: a transcoder trains on (inputs, targets) pairs, "
+                    f"got a {type(batch).__name__}"
+                )
+            x, y = batch
+            return (
+                self._check_tensor(x, step_index, self.cfg.d_in, "inputs", raise_nonfinite),
+                self._check_tensor(y, step_index, self.cfg.d_out, "targets", raise_nonfinite),
+            )
+        return self._check_tensor(batch, step_index, self.cfg.d_in, "batch", raise_nonfinite), None
+
+    def _check_tensor(self, x: Any, step_index: int, width: int, what: str, raise_nonfinite: bool) -> Tensor:
         if not isinstance(x, Tensor):
-            raise TypeError(f"batch at step {step_index} is a {type(x).__name__}, expected a torch.Tensor")
-        expected = (self.local_batch_size, self.cfg.d_in)
+            raise TypeError(f"{what} at step {step_index} is a {type(x).__name__}, expected a torch.Tensor")
+        expected = (self.local_batch_size, width)
         if tuple(x.shape) != expected:
-            raise ValueError(f"batch at step {step_index} has shape {tuple(x.shape)}, expected {expected}")
+            raise ValueError(f"{what} at step {step_index} has shape {tuple(x.shape)}, expected {expected}")
         x = x.to(device=self.device, dtype=torch.float32)
         if raise_nonfinite and not bool(torch.isfinite(x).all()):
-            raise self._non_finite(f"batch at step {step_index} holds NaN or inf")
+            raise self._non_finite(f"{what} at step {step_index} holds NaN or inf")
         return x
 
-    def _set_input_scale(self, head: list[Tensor]) -> None:
-        """Set the scale that gives the first batches unit mean squared norm (and the data-dependent init)."""
+    def set_input_scale(self, head: list[Batch]) -> None:
+        """Set the scales that give the first batches unit mean squared norm (inputs and targets each),
+        and start the SAEs from the data (``b_dec_init="mean"``, thresholds for ``target_l0``)."""
         cfg = self.cfg
-        n = len(head)
-        # float64 sums: [squared norms, rows, per-batch non-finite flags, per-feature sums]
-        sums = torch.zeros(2 + n + cfg.d_in, dtype=torch.float64, device=self.device)
+        n, D = len(head), cfg.d_in
+        # float64 sums: [squared norms of x, of y, rows, per-batch non-finite flags, Σx per feature, Σy]
+        sums = torch.zeros(3 + n + D + cfg.d_out, dtype=torch.float64, device=self.device)
         for i, batch in enumerate(head):
-            x = self._check_batch(batch, i, raise_nonfinite=self.parallel is None).double()
-            sums[2 + i] = float(not bool(torch.isfinite(x).all()))
+            x, y = self._check_batch(batch, i, raise_nonfinite=self.parallel is None)
+            x, y = x.double(), (x if y is None else y).double()
+            sums[3 + i] = float(not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())))
             sums[0] += torch.dot(x.view(-1), x.view(-1))
-            sums[1] += x.shape[0]
-            sums[2 + n :] += x.sum(0)
+            sums[1] += torch.dot(y.view(-1), y.view(-1))
+            sums[2] += x.shape[0]
+            sums[3 + n : 3 + n + D] += x.sum(0)
+            sums[3 + n + D :] += y.sum(0)
         if self.parallel is not None:
             self.parallel.all_reduce_sum([sums])
-            bad = torch.nonzero(sums[2 : 2 + n]).flatten().tolist()
+            bad = torch.nonzero(sums[3 : 3 + n]).flatten().tolist()
             if bad:
                 raise self._non_finite(f"batch at step {bad[0]} holds NaN or inf")
-        sum_sq, count = float(sums[0]), float(sums[1])
-        if sum_sq <= 0:
+        count = float(sums[2])
+        if float(sums[0]) <= 0 or float(sums[1]) <= 0:
             raise ValueError("the first batches are all zero; cannot set the input scale")
-        mean_sq = sum_sq / count
-        # Fixed scalar so that E‖x·s‖² = 1; folded into the weights when the SAEs are saved.
-        self.input_scale = float(1.0 / math.sqrt(mean_sq))
+        # Fixed scalars so that E‖x·s‖² = 1; folded into the weights when the SAEs are saved.
+        self.input_scale = float(1.0 / math.sqrt(float(sums[0]) / count))
+        self.output_scale = (
+            float(1.0 / math.sqrt(float(sums[1]) / count)) if cfg.is_transcoder else self.input_scale
+        )
         if self.is_main:
             logger.info(
-                "input scale %.6g from %d batches (mean squared norm %.6g)", self.input_scale, n, mean_sq
+                "input scale %.6g (output scale %.6g) from %d batches", self.input_scale, self.output_scale, n
             )
-        if cfg.b_dec_init == "mean" or cfg.target_l0 > 0:
-            mean_D = (sums[2 + n :] / count * self.input_scale).float() if cfg.b_dec_init == "mean" else None
-            first_BD = self._check_batch(head[0], 0) * self.input_scale
-            if self.parallel is not None:  # the whole first batch, as one process would see it
-                first_BD = self.parallel.all_gather_rows(first_BD)
-            for sae in self.saes:
-                init_from_data(
-                    sae,
-                    mean_D=mean_D,
-                    first_batch_BD=first_BD,
-                    target_l0=cfg.target_l0,
-                    min_threshold=cfg.threshold_init,
-                )
-            if cfg.target_l0 > 0 and self.is_main:
-                logger.info("thresholds set for L0 ≈ %g on the first batch", cfg.target_l0)
+        mean_x_D = mean_y_D = None
+        if cfg.b_dec_init == "mean":
+            mean_x_D = (sums[3 + n : 3 + n + D] / count * self.input_scale).float()
+            mean_y_D = (sums[3 + n + D :] / count * self.output_scale).float()
+        first_x, first_y = self._check_batch(head[0], 0)
+        first_x_BD = first_x * self.input_scale
+        first_y_BO = first_x_BD if first_y is None else first_y * self.output_scale
+        if self.parallel is not None:  # the whole first batch, as one process would see it
+            first_x_BD = self.parallel.all_gather_rows(first_x_BD)
+            first_y_BO = first_x_BD if first_y is None else self.parallel.all_gather_rows(first_y_BO)
+        for sae in self.saes:
+            sae.init_from_data(mean_x_D, mean_y_D, first_x_BD, first_y_BO)
 
     # ------------------------------------------------------------------ results
     def inference_saes(self) -> list[JumpReLUSAE]:
-        """Inference copies of the SAEs as they stand, input scale folded into the weights."""
-        if self.input_scale is None:
+        """Inference copies of the SAEs as they stand (JumpReLU SAEs or transcoders, whatever the
+        architecture trained), reading raw activations: the scales folded into the weights."""
+        if self.input_scale is None or self.output_scale is None:
             raise RuntimeError("no input scale yet: the trainer has not seen a batch")
         cfg = self.cfg
         out = []
-        for sae, steer, since in zip(self.saes, self.l0_steer, self.steps_since_fired, strict=True):
+        for sae, since in zip(self.saes, self.steps_since_fired, strict=True):
             metadata = {
                 **self.metadata,
                 "trained_with": "g2interp",
-                "l0_coefficient": steer.coefficient if cfg.target_l0 > 0 else sae.l0_coefficient,
-                "bandwidth": sae.bandwidth,
+                "architecture": cfg.architecture,
                 "training_tokens": self.step * cfg.batch_size,
                 "input_scale_folded": self.input_scale,
                 "dead_fraction": float((since >= cfg.dead_window_steps).sum()) / cfg.d_sae,
             }
-            if cfg.target_l0 > 0:  # λ was steered from the SAE's own start to the value above
-                metadata.update(target_l0=cfg.target_l0, l0_coefficient_start=sae.l0_coefficient)
-            out.append(
-                sae.to_inference(
-                    input_scale=self.input_scale,
-                    hook_name=cfg.hook_name,
-                    model_name=cfg.model_name,
-                    metadata=metadata,
-                    reshape_hook_z=cfg.reshape_hook_z,
-                )
-            )
+            if cfg.target_l0 > 0:
+                metadata["target_l0"] = cfg.target_l0
+            if cfg.architecture == "jumprelu":
+                metadata.update(l0_coefficient=sae.l0_coefficient, bandwidth=sae.bandwidth)
+            if cfg.architecture == "matryoshka":
+                metadata["matryoshka_widths"] = list(cfg.matryoshka_widths)
+            if cfg.is_transcoder:
+                metadata["output_scale_folded"] = self.output_scale
+            out.append(inference_sae(sae, cfg, self.input_scale, self.output_scale, metadata))
         return out
 
     def feature_density(self, index: int = 0) -> Tensor:
@@ -461,14 +477,15 @@ class SAETrainer(CheckpointMixin):
 def train_together(
     trainers: Sequence[SAETrainer],
     batches: BatchSource,
-    keys: Sequence[str] | None = None,
+    keys: Sequence[str | tuple[str, str]] | None = None,
     *,
     progress: bool = True,
 ) -> list[list[JumpReLUSAE]]:
     """Train every trainer to its end on one stream of batches; their inference SAEs, in order.
 
     Without ``keys`` each batch is a tensor every trainer takes; with them, a dict and trainer ``i``
-    takes ``batch[keys[i]]`` (one SAE per hook from one read of a store). Trainers resumed at
+    takes ``batch[keys[i]]`` (one SAE per hook from one read of a store), or for a key
+    ``(hook_in, hook_out)`` the pair a transcoder trains on. Trainers resumed at
     different steps (a run killed between their checkpoints) each take their own next batch, so the
     stream is opened once, at the earliest. All must step on batches of one size.
     """
@@ -501,7 +518,7 @@ def train_together(
                 )
             for i, trainer in enumerate(trainers):
                 if not trainer.done and trainer.next_batch == index:
-                    metrics = trainer.feed(batch if keys is None else batch[keys[i]])
+                    metrics = trainer.feed(batch if keys is None else _select(batch, keys[i]))
                     if i == 0 and metrics:
                         sae0 = metrics[-1].saes[0]
                         bar.set_postfix(L0=f"{sae0.l0:.1f}", fvu=f"{sae0.fvu:.3f}", refresh=False)
@@ -511,3 +528,8 @@ def train_together(
     finally:
         bar.close()
     return [trainer.finish() for trainer in trainers]
+
+
+def _select(batch: Mapping[str, Tensor], key: str | tuple[str, str]) -> Batch:
+    """A trainer's share of a dict batch: one hook's rows, or a transcoder's (inputs, targets)."""
+    return (batch[key[0]], batch[key[1]]) if isinstance(key, tuple) else batch[key]

@@ -6,7 +6,7 @@ Trains on a deterministic stream of global batches, each rank on its slice, thre
 
 * ``OUT/fixed``: two SAEs (λ sweep, Gemma Scope warm-up; one starts with high thresholds, so it takes
   the sparse kernels), checkpoints every 4 steps;
-* ``OUT/steered``: ``target_l0`` (thresholds from the gathered first batch, λ controller) and
+* ``OUT/steered``: ``target_l0`` (thresholds from the gathered first batch, quadratic L0 penalty, dead-latent loss) and
   ``b_dec_init="mean"``;
 * ``OUT/resumed``: the ``fixed`` run stopped by every rank at step 6 (checkpoint 4), then resumed;
 * a run whose rank ``--world - 1`` gets a NaN at step 5: every rank must raise, none may hang.
@@ -15,6 +15,7 @@ Trains on a deterministic stream of global batches, each rank on its slice, thre
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -90,7 +91,7 @@ def run(out: Path, cfg: SAETrainingConfig, parallel: DataParallel | None, callba
     saes = [JumpReLUTrainingSAE.initialised(cfg), JumpReLUTrainingSAE.initialised(cfg, l0_coefficient=1e-2)]
     if cfg.target_l0 == 0:
         with torch.no_grad():
-            saes[1].log_threshold.fill_(-0.5)
+            saes[1].threshold.fill_(math.exp(-0.5))
     trainer = SAETrainer(
         cfg,
         saes,
@@ -120,7 +121,7 @@ def main() -> None:
         run(args.out / "resumed", config(), parallel, callbacks=[stop_at(6)])
     except Stop:
         run(args.out / "resumed", config(), parallel)
-    run(args.out / "steered", config(target_l0=6.0, b_dec_init="mean", l0_controller_rate=0.05), parallel)
+    run(args.out / "steered", config(target_l0=6.0, b_dec_init="mean", aux_coefficient=1e-3), parallel)
     # the NaN sits in the last rank's slice only
     nan_rows = slice(BATCH - 2, BATCH)
     try:

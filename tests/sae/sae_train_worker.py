@@ -10,6 +10,7 @@ instead of a ``batches_from(step)`` callable.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -69,7 +70,7 @@ def saes(cfg: SAETrainingConfig) -> list[JumpReLUTrainingSAE]:
     # a high threshold keeps few latents near firing, so this one takes the sparse kernels
     sparse = JumpReLUTrainingSAE.initialised(cfg, l0_coefficient=1e-2)
     with torch.no_grad():
-        sparse.log_threshold.fill_(-0.5)
+        sparse.threshold.fill_(math.exp(-0.5))
     return [dense, sparse]
 
 

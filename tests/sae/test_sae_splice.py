@@ -330,3 +330,159 @@ def test_names_and_values_match_saelens_hooked_sae_transformer(tmp_path, use_err
     assert torch.equal(logits, logits_ref)
     for name, tensor in ours.items():
         assert torch.equal(tensor, cache_ref[name]), name
+
+
+# ---------------------------------------------------------------- transcoders
+MLP_IN, MLP_OUT = "blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"
+
+
+def random_transcoder(skip: bool, layer: int = 1, d_in: int = D_MODEL, d_out: int = D_MODEL, seed: int = 6):
+    """A transcoder reading ``blocks.<layer>.hook_mlp_in`` (of order 1 after the pre-norm)."""
+    cfg = SAEConfig(
+        d_in=d_in,
+        d_sae=D_SAE,
+        d_out=d_out,
+        hook_name=f"blocks.{layer}.hook_mlp_in",
+        hook_name_out=f"blocks.{layer}.hook_mlp_out",
+        affine_skip=skip,
+    )
+    sae = JumpReLUSAE(cfg)
+    g = gen(seed)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, D_SAE, generator=g) / (2 * d_in**0.5))
+        sae.b_enc.copy_(torch.randn(D_SAE, generator=g) * 0.1)
+        sae.W_dec.copy_(torch.randn(D_SAE, d_out, generator=g) * 0.3)
+        sae.b_dec.copy_(torch.randn(d_out, generator=g) * 0.1)
+        sae.threshold.copy_(torch.rand(D_SAE, generator=g) * 0.5)
+        if skip:
+            sae.W_skip.copy_(torch.randn(d_out, d_in, generator=g) * 0.2)
+    return sae
+
+
+def transcoder_by_hand(tc, edit=None, layer: int = 1):
+    """Hooks that replace hook_mlp_out by ``edit(tc, mlp_in, mlp_out)`` (default ``tc(mlp_in)``)."""
+    seen = {}
+
+    def read(act, hook):
+        seen["x"] = act
+
+    def write(act, hook):
+        return tc(seen["x"]) if edit is None else edit(tc, seen["x"], act)
+
+    return [(f"blocks.{layer}.hook_mlp_in", read), (f"blocks.{layer}.hook_mlp_out", write)]
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["plain", "skip"])
+def test_transcoder_replaces_mlp_out_with_its_output_on_mlp_in(model, tokens, skip):
+    tc = random_transcoder(skip)
+    with torch.no_grad():
+        spliced = model.run_with_saes(tokens, [tc])
+        by_hand = model.run_with_hooks(tokens, fwd_hooks=transcoder_by_hand(tc))
+        clean = model(tokens)
+        assert torch.equal(spliced, by_hand)
+        assert not torch.allclose(spliced, clean, atol=1e-2)
+        # (hook, transcoder) reads another layer's MLP input and writes that layer's MLP output
+        other = random_transcoder(skip, layer=0)
+        assert torch.equal(
+            model.run_with_saes(tokens, [("blocks.0.hook_mlp_in", tc)]),
+            model.run_with_hooks(tokens, fwd_hooks=transcoder_by_hand(tc, layer=0)),
+        )
+        # with positions, the others keep their MLP output
+        keep = torch.ones_like(tokens, dtype=torch.bool)
+        keep[:, :4] = False
+
+        def at_kept(tc, x, y):
+            return torch.where(keep[:, :, None], tc(x), y)
+
+        with model.saes([other, tc], positions=keep):
+            partly = model(tokens)
+        both = transcoder_by_hand(other, at_kept, layer=0) + transcoder_by_hand(tc, at_kept)
+        torch.testing.assert_close(partly, model.run_with_hooks(tokens, fwd_hooks=both), rtol=0, atol=0)
+    assert no_hooks_attached(model)
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["plain", "skip"])
+def test_transcoder_error_term_gives_the_clean_run_and_caches_under_the_output_hook(model, tokens, skip):
+    tc = random_transcoder(skip)
+    clean_cache = model.run_with_cache(tokens, [MLP_IN, MLP_OUT]).cache
+    x, y = clean_cache[MLP_IN], clean_cache[MLP_OUT]
+    with torch.no_grad():
+        clean = model(tokens)
+        torch.testing.assert_close(model.run_with_saes(tokens, [tc], use_error_term=True), clean, **ROUNDING)
+    out, cache = model.run_with_cache(tokens, lambda n: "hook_sae" in n, saes=[tc], use_error_term=True)
+    torch.testing.assert_close(out, clean, **ROUNDING)
+    got = {name.removeprefix(f"{MLP_OUT}.hook_sae_"): t for name, t in cache.items()}
+    assert sorted(got) == sorted(["input", "acts_pre", "acts_post", "recons", "error", "output"])
+    assert torch.equal(got["input"], x)  # the MLP input, under the output hook's name
+    f = got["acts_post"]
+    assert torch.equal(f, tc.encode(x)) and 0 < (f > 0).float().mean() < 1
+    assert torch.equal(got["recons"], tc(x))  # decoder plus skip term: the transcoder's whole output
+    assert torch.equal(got["error"], y - got["recons"])
+    torch.testing.assert_close(got["output"], y, rtol=0, atol=1e-6)
+
+    # an edit of the latents through the error term equals steering the transcoder's latent
+    latent = int((f > 0).sum((0, 1)).argmax())
+
+    def ablate(f_BQF, hook):
+        f_BQF = f_BQF.clone()
+        f_BQF[..., latent] = 0
+        return f_BQF
+
+    def ablated(tc, x, y):  # y' = y - f[latent] W_dec[latent], f read on the MLP input
+        return y - tc.encode(x)[..., latent, None] * tc.W_dec[latent]
+
+    with torch.no_grad():
+        edited = model.run_with_saes(
+            tokens, [tc], use_error_term=True, fwd_hooks=[(f"{MLP_OUT}.hook_sae_acts_post", ablate)]
+        )
+        with model.steer([(tc, latent, 0.0)]):
+            steered = model(tokens)
+        by_hand = model.run_with_hooks(tokens, fwd_hooks=transcoder_by_hand(tc, ablated))
+    torch.testing.assert_close(edited, steered, **ROUNDING)
+    torch.testing.assert_close(steered, by_hand, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(steered, clean, atol=1e-2)
+    kwargs = dict(max_new_tokens=6, stop_at_eos=False)
+    steered_gen = model.generate(["ab", "a longer prompt"], steer=[(tc, latent, ("add", 30.0))], **kwargs)
+
+    def added(tc, x, y):
+        return y + 30.0 * tc.W_dec[latent]
+
+    with model.hooks(fwd_hooks=transcoder_by_hand(tc, added)):
+        by_hand_gen = model.generate(["ab", "a longer prompt"], **kwargs)
+    assert steered_gen.new_tokens == by_hand_gen.new_tokens
+    assert no_hooks_attached(model)
+
+
+def test_a_transcoder_reads_what_an_sae_spliced_at_its_input_gives(model, tokens):
+    tc = random_transcoder(skip=True)
+    sae_in = random_sae(MLP_IN, seed=7)
+
+    with torch.no_grad():
+        spliced = model.run_with_saes(tokens, [tc, sae_in])
+        fwd = [(MLP_IN, lambda act, hook: sae_in(act)), *transcoder_by_hand(tc)]
+        assert torch.equal(spliced, model.run_with_hooks(tokens, fwd_hooks=fwd))
+
+
+def test_transcoder_bad_input_is_refused(model, tokens):
+    tc = random_transcoder(skip=False)
+    with pytest.raises(ValueError, match=r"a transcoder reads an MLP's input, blocks\.L\.hook_mlp_in"):
+        model.run_with_saes(tokens, [("blocks.1.hook_resid_post", tc)])
+    with pytest.raises(ValueError, match=rf"{MLP_IN} gives .*width 32.*the SAE reads 16 \(cfg.d_in\)"):
+        model.run_with_saes(tokens, [random_transcoder(skip=True, d_in=16)])
+    with pytest.raises(
+        ValueError, match=rf"{MLP_OUT} gives .*width 32.*the transcoder writes 16 \(cfg.d_out\)"
+    ):
+        model.run_with_saes(tokens, [random_transcoder(skip=False, d_out=16)])
+    with pytest.raises(ValueError, match=rf"{MLP_OUT} gives .*the transcoder writes 16"):
+        model.generate("ab", 3, steer=[(random_transcoder(skip=False, d_out=16), 0, 1.0)])
+    with pytest.raises(
+        ValueError, match=r"the transcoder reads 'blocks\.9\.hook_mlp_in', which is not a hook"
+    ):
+        model.run_with_saes(tokens, [random_transcoder(skip=False, layer=9)])
+    with pytest.raises(
+        ValueError, match=rf"two SAEs or transcoders write '{MLP_OUT}'; splice one SAE per hook"
+    ):
+        model.run_with_saes(tokens, [tc, random_sae(MLP_OUT)])
+    with pytest.raises(ValueError, match=r"valid latents are \[0, 48\)"):
+        model.generate("ab", 3, steer=[(tc, 48, 1.0)])
+    assert no_hooks_attached(model)

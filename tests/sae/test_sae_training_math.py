@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -61,29 +62,52 @@ def test_estimators_match_saelens():
             assert torch.equal(grads[0][0], grads[1][0])
 
 
-def _sae(threshold: float, seed: int = 0) -> JumpReLUTrainingSAE:
-    cfg = SAETrainingConfig(d_in=24, d_sae=96, total_tokens=128, batch_size=128, init_seed=seed)
+def _sae(threshold: float, seed: int = 0, **cfg_kwargs) -> JumpReLUTrainingSAE:
+    cfg = SAETrainingConfig(d_in=24, d_sae=96, total_tokens=128, batch_size=128, init_seed=seed, **cfg_kwargs)
     sae = JumpReLUTrainingSAE.initialised(cfg)
     sae.bandwidth = 0.05
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        sae.log_threshold.copy_(torch.log(threshold * (0.5 + torch.rand(96, generator=gen))))
+        sae.threshold.copy_(threshold * (0.5 + torch.rand(96, generator=gen)))
         sae.b_enc.copy_(torch.randn(96, generator=gen) * 0.02)
-        sae.b_dec.copy_(torch.randn(24, generator=gen) * 0.02)
+        sae.b_dec.copy_(torch.randn(sae.d_out, generator=gen) * 0.02)
+        if sae.W_skip is not None:
+            sae.W_skip.copy_(torch.randn(sae.d_out, 24, generator=gen) * 0.1)
     return sae
 
 
+#: Gemma Scope 1 (linear L0), Gemma Scope 2 (quadratic L0 towards 8), the dead-latent loss, and a
+#: transcoder of another width with an affine skip.
+OBJECTIVES = {
+    "linear": {},
+    "quadratic": {"target_l0": 8.0},
+    "quadratic+aux": {"target_l0": 8.0, "aux_coefficient": 0.1},
+    "transcoder+skip+aux": {
+        "target_l0": 8.0,
+        "aux_coefficient": 0.1,
+        "hook_name": "blocks.1.hook_mlp_in",
+        "hook_name_out": "blocks.1.hook_mlp_out",
+        "d_out": 16,
+        "affine_skip": True,
+    },
+}
+
+
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 @pytest.mark.parametrize("threshold", [0.01, 0.3])
-def test_hand_written_gradients_equal_autograd(sparse, threshold):
-    sae = _sae(threshold)
-    x = torch.randn(128, 24, generator=torch.Generator().manual_seed(3)) / math.sqrt(24)
-    ref = sae.training_loss(x, 0.02)
+def test_hand_written_gradients_equal_autograd(sparse, threshold, objective):
+    sae = _sae(threshold, **OBJECTIVES[objective])
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(128, 24, generator=gen) / math.sqrt(24)
+    y = torch.randn(128, sae.d_out, generator=gen) / 4 if sae.d_out != 24 else None
+    dead = torch.rand(96, generator=gen) < 0.3
+    ref = sae.training_loss(x, 0.02, y=y, dead_F=dead)
     ref.loss.backward()
     expected = {n: p.grad.clone() for n, p in sae.named_parameters()}
     for p in sae.parameters():
         p.grad = None
-    stats = loss_and_grads(sae, x, 0.02, sparse_below=1.0 if sparse else 0.0)
+    stats = loss_and_grads(sae, x, 0.02, sparse_below=1.0 if sparse else 0.0, y_BD=y, dead_F=dead)
     assert stats.sparse == sparse
     assert stats.loss == pytest.approx(ref.loss.item(), rel=1e-5)
     assert stats.l0 == pytest.approx(ref.l0.item())
@@ -91,6 +115,36 @@ def test_hand_written_gradients_equal_autograd(sparse, threshold):
     for name, p in sae.named_parameters():
         assert expected[name].abs().max() > 0, name
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_quadratic_penalty_pulls_thresholds_towards_the_target_from_both_sides():
+    """Tokens above the target push the thresholds up, tokens below pull them down (λ·2/T·(L0-T)²)."""
+    for threshold, target, sign in ((0.01, 8.0, -1.0), (0.3, 30.0, 1.0)):  # denser: raise θ; sparser: lower
+        sae = _sae(threshold, target_l0=target)
+        x = torch.randn(128, 24, generator=torch.Generator().manual_seed(3)) / math.sqrt(24)
+        stats = loss_and_grads(sae, x, 1.0, 0.0)  # λ large: the penalty dominates the threshold gradient
+        assert (stats.l0 - target) * sign < 0
+        moved = -sae.threshold.grad  # gradient descent's direction
+        assert float(moved.sum()) * sign < 0
+
+
+def test_auxk_loss_moves_only_the_dead_latents():
+    """AuxK and the threshold descent reach the dead latents' parameters, nothing else."""
+    sae = _sae(0.3, aux_coefficient=1.0)
+    x = torch.randn(128, 24, generator=torch.Generator().manual_seed(3)) / math.sqrt(24)
+    dead = torch.zeros(96, dtype=torch.bool)
+    dead[:10] = True
+    with_aux = loss_and_grads(sae, x, 0.0, 0.0, dead_F=dead)
+    grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    without = loss_and_grads(sae, x, 0.0, 0.0)
+    assert with_aux.loss > without.loss and with_aux.mse == without.mse
+    delta = {n: grads[n] - p.grad for n, p in sae.named_parameters()}
+    assert delta["W_enc"][:, :10].abs().amax(0).min() > 0 and not delta["W_enc"][:, 10:].any()
+    assert delta["b_enc"][:10].abs().min() > 0 and not delta["b_enc"][10:].any()
+    assert delta["W_dec"][:10].abs().amax(1).min() > 0 and not delta["W_dec"][10:].any()
+    # the dead latents' thresholds descend (a positive gradient), the others' do not move
+    assert (delta["threshold"][:10] >= 0).all() and delta["threshold"][:10].max() > 0
+    assert not delta["threshold"][10:].any() and not delta["b_dec"].any()
 
 
 def test_decoder_gradient_projection_and_renorm():
@@ -142,6 +196,16 @@ def test_schedules():
         ({"lr_decay_steps": 1000}, "lr_decay_steps"),
         ({"sparse_below": 2.0}, "sparse_below"),
         ({"keep_checkpoints": 0}, "keep_checkpoints"),
+        ({"target_l0": 9.0}, r"target_l0 must lie in \[1, d_sae=8\]"),
+        ({"target_l0": 0.5}, r"target_l0 must lie in \[1, d_sae=8\]"),
+        ({"architecture": "topk"}, "architecture must be one of"),
+        ({"architecture": "batchtopk"}, "needs target_l0"),
+        ({"architecture": "matryoshka", "target_l0": 2.0, "matryoshka_widths": (4, 2, 8)}, "increasing"),
+        ({"architecture": "matryoshka", "target_l0": 2.0, "matryoshka_widths": (2, 4)}, "ending at d_sae=8"),
+        ({"matryoshka_widths": (4, 8)}, "for architecture 'matryoshka'"),
+        ({"hook_name": "blocks.1.hook_resid_post", "hook_name_out": "blocks.1.hook_mlp_out"}, "hook_mlp_in"),
+        ({"affine_skip": True}, "for transcoders"),
+        ({"aux_coefficient": -1.0}, "aux_coefficient"),
     ],
 )
 def test_config_validation(kwargs, message):
@@ -154,3 +218,8 @@ def test_config_round_trips_through_dict():
     cfg = SAETrainingConfig(d_in=4, d_sae=8, batch_size=16, total_tokens=160, adam_betas=(0, 0.99))
     assert cfg.adam_betas == (0.0, 0.99) and isinstance(cfg.adam_betas[0], float)
     assert SAETrainingConfig.from_dict(cfg.to_dict()) == cfg
+    matryoshka = SAETrainingConfig(
+        d_in=4, d_sae=64, batch_size=16, total_tokens=160, architecture="matryoshka", target_l0=4
+    )
+    assert matryoshka.matryoshka_widths == (4, 8, 16, 32, 64)  # the default nesting
+    assert SAETrainingConfig.from_dict(json.loads(json.dumps(matryoshka.to_dict()))) == matryoshka
