@@ -1,16 +1,23 @@
 """Benchmark: g2interp's JumpReLU trainer against SAELens's own SAETrainer on identical activations.
 
-Both train the same Gemma Scope objective (Adam (0, 0.999), L0 penalty with the same coefficient,
-bandwidth and initial weights) for the same steps on the same batches, then both SAEs are evaluated on
-the same held-out batch. Two regimes are timed:
+Speed: both train the same Gemma Scope objective (Adam (0, 0.999), L0 penalty with the same
+coefficient, bandwidth and initial weights) for the same steps on the same batches, then both SAEs are
+evaluated on the same held-out batch. Two regimes are timed:
 
 * ``init``: thresholds at Gemma Scope's 0.001, so about half the latents fire (the start of training);
 * ``sparse``: one threshold chosen so the first batch has L0 ≈ ``--target-l0`` (trained-SAE sparsity,
   reached in a quick run without training for hours).
 
+Quality (``--quality STORE``): a whole target-L0 run on a store's training batches, the same batches in
+the same order for every trainer: g2interp's ``short-run`` recipe (Gemma Scope 2's quadratic L0 penalty
+with directly trained thresholds, the data-dependent start and the dead-latent loss) against SAELens's
+JumpReLU with the same quadratic penalty, λ, learning rate and warm-up, from its own initialisation and
+from g2interp's data-dependent one; held-out L0, FVU and dead latents on the store's held-out rows.
+
     python bench/sae_train.py                          # quick synthetic run
     python bench/sae_train.py --activations acts.safetensors --steps 20
     python bench/sae_train.py --activations runs/demo/store   # a store folder
+    python bench/sae_train.py --quality runs/store --key blocks.6.hook_resid_post --quality-tokens 786432
 
 Speeds on a shared CPU vary with the load; compare the ratio, measured in one run.
 """
@@ -130,7 +137,7 @@ def train_saelens(
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             getattr(sae, name).copy_(init[name])
-        sae.threshold.copy_(init["log_threshold"].exp())
+        sae.threshold.copy_(init["threshold"])
     trainer_cfg = SAETrainerConfig(
         total_training_samples=cfg.total_tokens,
         train_batch_size_samples=cfg.batch_size,
@@ -185,10 +192,20 @@ def main() -> None:
     parser.add_argument("--regimes", default="init,sparse")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="where both trainers run (the batches live there)")
+    parser.add_argument("--quality", metavar="STORE", help="run the target-L0 quality comparison on a store")
+    parser.add_argument(
+        "--quality-tokens", type=int, default=786_432, help="tokens each quality run trains on"
+    )
+    parser.add_argument("--quality-l0", type=float, default=40.0, help="target L0 of the quality runs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.quality:
+        from sae_quality import quality_comparison
+
+        quality_comparison(args)
+        return
 
     n = args.steps + 1
     if args.activations:
@@ -220,7 +237,7 @@ def main() -> None:
             with torch.no_grad():
                 pre = (train[0] * scale) @ init["W_enc"]
                 kth = torch.topk(pre.flatten(), int(args.target_l0 * args.batch)).values[-1]
-                init["log_threshold"].fill_(math.log(float(kth)))
+                init["threshold"].fill_(float(kth))
         elif regime != "init":
             raise SystemExit(f"unknown regime {regime!r}")
         runs = {

@@ -141,7 +141,6 @@ def train(args, store: ActivationStore, hook: str, model, stages: Stages) -> Tra
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=1e-3,
-        threshold_lr_scale=1.0,
         checkpoint_every=50,
         log_every=25,
     )
