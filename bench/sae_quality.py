@@ -62,7 +62,7 @@ def _saelens(
             for name, tensor in init.items():
                 getattr(sae, name).copy_(tensor)
     trainer_cfg = SAETrainerConfig(
-        total_training_samples=cfg.total_tokens,
+        total_training_samples=cfg.total_steps * cfg.batch_size,  # whole batches, as g2interp trains
         train_batch_size_samples=cfg.batch_size,
         lr=cfg.lr,
         lr_end=cfg.lr,

@@ -1,6 +1,7 @@
-"""JumpReLU sparse autoencoders (Gemma Scope recipe): model, trainer, recipes, evaluations, the run
-that trains them from an activation source (``train_saes``, the engine of ``g2interp train-sae``), and
-SAEs inside the model (``splice``, ``Steering``)."""
+"""Sparse autoencoders and transcoders: the inference JumpReLU SAE (SAELens's format, Gemma Scope 1 and 2
+import), one trainer for JumpReLU (Gemma Scope 2's target-L0 recipe), BatchTopK and Matryoshka SAEs and
+transcoders, recipes, evaluations, the run that trains them from an activation source (``train_saes``,
+the engine of ``g2interp train-sae``), and SAEs inside the model (``splice``, ``Steering``)."""
 
 from g2interp.distributed import DataParallel, init_data_parallel
 from g2interp.sae.architectures import inference_sae, make_saes, training_sae

@@ -33,7 +33,7 @@ from g2interp.cli_config import (
 )
 from g2interp.sae.pipeline import EvalConfig
 from g2interp.sae.recipes import RECIPES
-from g2interp.sae.training import ARCHITECTURES, B_DEC_INITS, SAETrainingConfig
+from g2interp.sae.training import ARCHITECTURES, B_DEC_INITS, L0_TARGET_SCOPES, SAETrainingConfig
 
 logger = logging.getLogger("g2interp.sae.cli")
 
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument_group("training (overrides of the recipe)"),
         SAETrainingConfig,
         skip=_DERIVED,
-        choices={"b_dec_init": B_DEC_INITS, "architecture": ARCHITECTURES},
+        choices={"b_dec_init": B_DEC_INITS, "architecture": ARCHITECTURES, "l0_target_per": L0_TARGET_SCOPES},
         overrides_only=True,
     )
     add_process_arguments(parser)

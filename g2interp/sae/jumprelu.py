@@ -30,15 +30,17 @@ Two implementations of the same gradients:
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
 from g2interp.sae.auxk import AuxKTerms, add_auxk_grads, auxk_reference, auxk_terms
+from g2interp.sae.sparse import csr, grad_buffer
+from g2interp.sae.sparse import offsets as sparse_offsets
 from g2interp.sae.ste import jumprelu, step
 from g2interp.sae.training import (
+    L0_TARGET_SCOPES,
     GradStats,
     SAETrainingConfig,
     StepInput,
@@ -61,6 +63,7 @@ class JumpReLUTrainingSAE(nn.Module):
         bandwidth: float = 0.001,
         threshold_init: float = 0.001,
         target_l0: float = 0.0,
+        l0_target_per: str = "token",
         aux_coefficient: float = 0.0,
         k_aux: int | None = None,
         d_out: int | None = None,
@@ -80,6 +83,9 @@ class JumpReLUTrainingSAE(nn.Module):
         self.l0_coefficient = float(l0_coefficient)
         self.bandwidth = float(bandwidth)
         self.target_l0 = float(target_l0)
+        if l0_target_per not in L0_TARGET_SCOPES:
+            raise ValueError(f"l0_target_per must be one of {L0_TARGET_SCOPES}, got {l0_target_per!r}")
+        self.l0_target_per = l0_target_per
         self.aux_coefficient = float(aux_coefficient)
         self.k_aux = d_in // 2 if k_aux is None else int(k_aux)  # SAELens's default
         self.min_threshold = float(threshold_init)
@@ -105,6 +111,7 @@ class JumpReLUTrainingSAE(nn.Module):
             bandwidth=cfg.bandwidth,
             threshold_init=cfg.threshold_init,
             target_l0=cfg.target_l0,
+            l0_target_per=cfg.l0_target_per,
             aux_coefficient=cfg.aux_coefficient,
             d_out=cfg.d_out,
             affine_skip=cfg.affine_skip,
@@ -143,7 +150,8 @@ class JumpReLUTrainingSAE(nn.Module):
         recon_BO, acts_BF, pre_BF = self(x)
         mse = (recon_BO - y).pow(2).sum(-1).mean()
         l0_B = step(pre_BF, self.threshold, self.bandwidth).sum(-1)
-        loss = mse + coef * l0_penalty(l0_B, self.target_l0).mean()
+        per_batch = self.l0_target_per == "batch" and self.target_l0 > 0
+        loss = mse + coef * l0_penalty(l0_B.mean() if per_batch else l0_B, self.target_l0).mean()
         if dead_F is not None and self.aux_coefficient > 0:
             aux = auxk_reference(pre_BF, recon_BO, y, self.W_dec, dead_F, self.k_aux)
             descent = ((self.threshold - pre_BF.detach()).relu() * dead_F).sum(-1).mean()
@@ -213,12 +221,16 @@ def l0_penalty(l0_B: Tensor, target_l0: float) -> Tensor:
     return l0_B if target_l0 <= 0 else (2.0 / target_l0) * (l0_B - target_l0) ** 2
 
 
-def _l0_weights(l0_B: Tensor, target_l0: float, coef: float) -> tuple[Tensor, float]:
-    """d(λ·mean P(L0)) / d L0_b per token, and the penalty's value."""
+def _l0_weights(l0_B: Tensor, target_l0: float, coef: float, per: str = "token") -> tuple[Tensor, float]:
+    """d(λ·mean P(L0)) / d L0_b per token, and the penalty's value (``per="batch"``: P of the batch's
+    mean L0, the same weight for every token)."""
     B = l0_B.shape[0]
     l0_B = l0_B.to(torch.float32)
     if target_l0 <= 0:
         return torch.full_like(l0_B, coef / B), coef * float(l0_B.mean())
+    if per == "batch":
+        diff = float(l0_B.mean()) - target_l0
+        return torch.full_like(l0_B, 4.0 * coef * diff / (target_l0 * B)), coef * 2.0 / target_l0 * diff**2
     diff_B = l0_B - target_l0
     return diff_B * (4.0 * coef / (target_l0 * B)), coef * float((2.0 / target_l0) * diff_B.pow(2).mean())
 
@@ -273,12 +285,6 @@ def init_from_data(
         sae.threshold.copy_(thr_F)
 
 
-def _grad_buffer(param: nn.Parameter) -> Tensor:
-    if param.grad is None:
-        param.grad = torch.zeros_like(param)
-    return param.grad
-
-
 @torch.no_grad()
 def loss_and_grads(
     sae: JumpReLUTrainingSAE,
@@ -325,9 +331,9 @@ def _threshold_grad(thr: Tensor, kernel_grad_sum: Tensor, kernel_weight: Tensor,
 
 
 def _write_skip_and_b_dec(sae: JumpReLUTrainingSAE, x_BD: Tensor, g_BO: Tensor) -> None:
-    torch.sum(g_BO, 0, out=_grad_buffer(sae.b_dec))
+    torch.sum(g_BO, 0, out=grad_buffer(sae.b_dec))
     if sae.W_skip is not None:
-        torch.mm(g_BO.T, x_BD, out=_grad_buffer(sae.W_skip))
+        torch.mm(g_BO.T, x_BD, out=grad_buffer(sae.W_skip))
 
 
 def _dense_grads(
@@ -354,20 +360,20 @@ def _dense_grads(
     aux = None if dead_F is None else auxk_terms(pre_dead_BF, err_BO, sae.W_dec, dead_F, sae.k_aux)
     g_BO = err_BO.mul_(2.0 / B)  # d mse / d ŷ
     _write_skip_and_b_dec(sae, x_BD, g_BO)
-    torch.mm(acts_BF.T, g_BO, out=_grad_buffer(sae.W_dec))
+    torch.mm(acts_BF.T, g_BO, out=grad_buffer(sae.W_dec))
     del acts_BF
     fired_F = active_BF.sum(0)
-    weights_B, penalty = _l0_weights(active_BF.sum(1), sae.target_l0, coef)
+    weights_B, penalty = _l0_weights(active_BF.sum(1), sae.target_l0, coef, sae.l0_target_per)
     grad_acts_BF = g_BO @ sae.W_dec.T
     # Kernel K((pre - θ)/ε) = 1[|(pre - θ)/ε| < 1/2], computed in place over pre (no longer needed).
     near_BF = pre_BF.sub_(thr_F).div_(bw).abs_() < 0.5
     kernel_grad_F = (grad_acts_BF * near_BF).sum(0)
     kernel_weight_F = weights_B @ near_BF.to(weights_B.dtype)
     del near_BF
-    _grad_buffer(sae.threshold).copy_(_threshold_grad(thr_F, kernel_grad_F, kernel_weight_F, bw))
+    grad_buffer(sae.threshold).copy_(_threshold_grad(thr_F, kernel_grad_F, kernel_weight_F, bw))
     grad_pre_BF = grad_acts_BF.mul_(active_BF)
-    torch.sum(grad_pre_BF, 0, out=_grad_buffer(sae.b_enc))
-    torch.mm(x_BD.T, grad_pre_BF, out=_grad_buffer(sae.W_enc))
+    torch.sum(grad_pre_BF, 0, out=grad_buffer(sae.b_enc))
+    torch.mm(x_BD.T, grad_pre_BF, out=grad_buffer(sae.W_enc))
     return GradStats(mse, float(fired_F.sum()) / B, fired_F, sparse=False), penalty, aux
 
 
@@ -393,8 +399,8 @@ def _sparse_grads(
     u_N = (pre_N - thr_N) / bw
     near_N = (u_N > -0.5) & (u_N < 0.5)
     acts_N = pre_N * active_N
-    crow = _offsets(rows_N, B)
-    acts_csr = _csr(crow, cols_N, acts_N, (B, F))
+    crow = sparse_offsets(rows_N, B)
+    acts_csr = csr(crow, cols_N, acts_N, (B, F))
     recon_BO = (acts_csr @ sae.W_dec).add_(sae.b_dec)
     if sae.W_skip is not None:
         recon_BO.addmm_(x_BD, sae.W_skip.T)
@@ -406,31 +412,19 @@ def _sparse_grads(
     # ∂L/∂f at the stored pairs only: a sampled dense-dense product.
     grad_acts_N = torch.sparse.sampled_addmm(acts_csr, g_BO, sae.W_dec.T, beta=0.0).values()
     grad_pre_N = grad_acts_N * active_N
-    weights_B, penalty = _l0_weights(torch.bincount(rows_N[active_N], minlength=B), sae.target_l0, coef)
+    l0_B = torch.bincount(rows_N[active_N], minlength=B)
+    weights_B, penalty = _l0_weights(l0_B, sae.target_l0, coef, sae.l0_target_per)
     kernel_grad_F = torch.bincount(cols_N, weights=grad_acts_N * near_N, minlength=F)
     kernel_weight_F = torch.bincount(cols_N, weights=weights_B[rows_N] * near_N, minlength=F)
-    _grad_buffer(sae.threshold).copy_(_threshold_grad(thr_F, kernel_grad_F, kernel_weight_F, bw))
-    _grad_buffer(sae.b_enc).copy_(torch.bincount(cols_N, weights=grad_pre_N, minlength=F))
+    grad_buffer(sae.threshold).copy_(_threshold_grad(thr_F, kernel_grad_F, kernel_weight_F, bw))
+    grad_buffer(sae.b_enc).copy_(torch.bincount(cols_N, weights=grad_pre_N, minlength=F))
     # Transposed (latent-major) CSR with the same pairs, for the two weight gradients.
     order_N = torch.argsort(cols_N, stable=True)
-    ccol = _offsets(cols_N[order_N], F)
+    ccol = sparse_offsets(cols_N[order_N], F)
     rows_T = rows_N[order_N]
-    acts_T = _csr(ccol, rows_T, acts_N[order_N], (F, B))
-    _grad_buffer(sae.W_dec).copy_(acts_T @ g_BO)
-    grad_pre_T = _csr(ccol, rows_T, grad_pre_N[order_N], (F, B))
-    _grad_buffer(sae.W_enc).copy_((grad_pre_T @ x_BD).T)
+    acts_T = csr(ccol, rows_T, acts_N[order_N], (F, B))
+    grad_buffer(sae.W_dec).copy_(acts_T @ g_BO)
+    grad_pre_T = csr(ccol, rows_T, grad_pre_N[order_N], (F, B))
+    grad_buffer(sae.W_enc).copy_((grad_pre_T @ x_BD).T)
     fired_F = torch.bincount(cols_N[active_N], minlength=F)
     return GradStats(mse, float(active_N.sum()) / B, fired_F, sparse=True), penalty, aux
-
-
-def _csr(offsets: Tensor, index: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
-    """A CSR matrix built from indices that are valid by construction (no invariant checks, no beta warning)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return torch.sparse_csr_tensor(offsets, index, values, size=size, check_invariants=False)
-
-
-def _offsets(sorted_index: Tensor, n: int) -> Tensor:
-    """CSR row offsets [n + 1] from a sorted row index per stored element."""
-    counts = torch.bincount(sorted_index, minlength=n)
-    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])

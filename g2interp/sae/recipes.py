@@ -4,10 +4,10 @@
   defaults hold it: Adam (0, 0.999), lr 7e-5 with a 1,000-step cosine warm-up, λ 6e-4 warmed up over
   10,000 steps, 4,096 tokens a step, thresholds at 0.001. Meant for billions of tokens.
 * ``short-run``: what reaches a useful SAE in hundreds of steps on a CPU (experiments/README.md): 1,024
-  tokens a step, lr 5e-4 with 20 warm-up steps, Gemma Scope 2's quadratic L0 penalty towards a target
-  of 40 (λ 0.01; thresholds trained directly and started at the target), the dead-latent loss (AuxK
-  and threshold descent, weight 1/32) on latents silent for 25 steps, ``b_dec`` started at the data
-  mean, replayed for 3 epochs. With ``architecture="batchtopk"`` or
+  tokens a step, lr 5e-4 with 20 warm-up steps, Gemma Scope 2's quadratic L0 penalty on the batch's
+  mean L0 towards a target of 40 (λ 0.01; thresholds trained directly and started at the target), the
+  dead-latent loss (AuxK and threshold descent, weight 1/32) on latents silent for 25 steps, ``b_dec``
+  started at the data mean, replayed for 3 epochs. With ``architecture="batchtopk"`` or
   ``"matryoshka"`` the target is k.
 
 ``recipe("short-run").config(d_in=640, total_tokens=786_432, hook_name=...)`` gives the frozen config;
@@ -59,6 +59,7 @@ SHORT_RUN = Recipe(
         "l0_coefficient": 1e-2,
         "l0_warmup_steps": 0,
         "target_l0": 40.0,
+        "l0_target_per": "batch",
         "aux_coefficient": 1 / 32,
         "b_dec_init": "mean",
         "n_norm_batches": 4,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -30,6 +29,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from g2interp.sae.auxk import AuxKTerms, add_auxk_grads, auxk_terms
+from g2interp.sae.sparse import csr, grad_buffer
+from g2interp.sae.sparse import offsets as sparse_offsets
 from g2interp.sae.training import StepInput, StepStats, fvu_of
 
 logger = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ class BatchTopKTrainingSAE(nn.Module):
         pairs = batch_topk_pairs(self.pre_activations(x_BD), self.n_keep(x_BD.shape[0]))
         if pairs.acts_N.numel() == 0:
             return
-        offsets_B = _offsets(pairs.rows_N, x_BD.shape[0])
+        offsets_B = sparse_offsets(pairs.rows_N, x_BD.shape[0])
         recon_BO = _bag_matmul(offsets_B, pairs.cols_N, pairs.acts_N, self.W_dec)
         target_BO = y_BO - self.base(x_BD)
         scale = float((recon_BO * target_BO).sum() / (recon_BO * recon_BO).sum().clamp(min=1e-30))
@@ -320,9 +321,9 @@ class BatchTopKTrainingSAE(nn.Module):
             terms = self._dense_loss(x_BD, y_BD, pre_BF, pairs, aux)
             grads = torch.autograd.grad(terms.loss, [pre_BF, *decoder])
         for param, grad in zip(decoder, grads[1:], strict=True):
-            _grad_buffer(param).copy_(grad)
-        torch.sum(grads[0], 0, out=_grad_buffer(self.b_enc))
-        torch.mm(x_BD.T, grads[0], out=_grad_buffer(self.W_enc))
+            grad_buffer(param).copy_(grad)
+        torch.sum(grads[0], 0, out=grad_buffer(self.b_enc))
+        torch.mm(x_BD.T, grads[0], out=grad_buffer(self.W_enc))
         mse = float(terms.mse)
         return float(terms.loss), mse, mse * x_BD.shape[0]
 
@@ -341,7 +342,7 @@ class BatchTopKTrainingSAE(nn.Module):
             stack_N = group_N * B + rows_N
         else:
             stack_N = rows_N
-        offsets_S = _offsets(stack_N, P * B)
+        offsets_S = sparse_offsets(stack_N, P * B)
         recon_PBO = _bag_matmul(offsets_S, cols_N, acts_N, self.W_dec).view(P, B, self.d_out)
         if P > 1:
             recon_PBO = recon_PBO.cumsum(0)
@@ -355,18 +356,18 @@ class BatchTopKTrainingSAE(nn.Module):
         if P > 1:
             g_PBO = g_PBO.flip(0).cumsum(0).flip(0)
         g_SO = g_PBO.view(P * B, self.d_out)
-        torch.sum(g_PBO[0], 0, out=_grad_buffer(self.b_dec))
+        torch.sum(g_PBO[0], 0, out=grad_buffer(self.b_dec))
         if self.W_skip is not None:
-            torch.mm(g_PBO[0].T, x_BD, out=_grad_buffer(self.W_skip))
-        acts_csr = _csr(offsets_S, cols_N, acts_N, (P * B, F))
+            torch.mm(g_PBO[0].T, x_BD, out=grad_buffer(self.W_skip))
+        acts_csr = csr(offsets_S, cols_N, acts_N, (P * B, F))
         grad_pre_N = torch.sparse.sampled_addmm(acts_csr, g_SO, self.W_dec.T, beta=0.0).values()
         # Weight gradients as latent-major sparse products.
         order_N = torch.argsort(cols_N, stable=True)
-        offsets_F = _offsets(cols_N[order_N], F)
-        _grad_buffer(self.W_dec).copy_(_bag_matmul(offsets_F, stack_N[order_N], acts_N[order_N], g_SO))
+        offsets_F = sparse_offsets(cols_N[order_N], F)
+        grad_buffer(self.W_dec).copy_(_bag_matmul(offsets_F, stack_N[order_N], acts_N[order_N], g_SO))
         grad_enc_FD = _bag_matmul(offsets_F, rows_N[order_N], grad_pre_N[order_N], x_BD)
-        _grad_buffer(self.W_enc).copy_(grad_enc_FD.T)
-        _grad_buffer(self.b_enc).copy_(torch.bincount(cols_N, weights=grad_pre_N, minlength=F))
+        grad_buffer(self.W_enc).copy_(grad_enc_FD.T)
+        grad_buffer(self.b_enc).copy_(torch.bincount(cols_N, weights=grad_pre_N, minlength=F))
         if aux is not None:
             loss += self.aux_k_coefficient * self._add_aux_grads(x_BD, *aux)
         return loss, sq_err / B, sq_err
@@ -425,28 +426,9 @@ def _check_widths(widths: Sequence[int], d_sae: int) -> tuple[int, ...]:
     return out
 
 
-def _grad_buffer(param: nn.Parameter) -> Tensor:
-    if param.grad is None:
-        param.grad = torch.zeros_like(param)
-    return param.grad
-
-
 def _bag_matmul(offsets: Tensor, index: Tensor, values: Tensor, table: Tensor) -> Tensor:
     """``M @ table`` for the CSR matrix ``M`` (row offsets, column index, values): a weighted
     ``embedding_bag`` (on CPU 3-4x faster than torch's CSR product; rows need not be sorted)."""
     return nn.functional.embedding_bag(
         index, table, offsets, per_sample_weights=values, mode="sum", include_last_offset=True
     )
-
-
-def _csr(offsets: Tensor, index: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
-    """A CSR matrix built from indices that are valid by construction (no invariant checks, no beta warning)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return torch.sparse_csr_tensor(offsets, index, values, size=size, check_invariants=False)
-
-
-def _offsets(sorted_index: Tensor, n: int) -> Tensor:
-    """CSR row offsets [n + 1] from a sorted row index per stored element."""
-    counts = torch.bincount(sorted_index, minlength=n)
-    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])

@@ -31,6 +31,8 @@ from g2interp.cli_config import require_ints, require_positive
 
 #: Values of :attr:`SAETrainingConfig.architecture`.
 ARCHITECTURES = ("jumprelu", "batchtopk", "matryoshka")
+#: Values of :attr:`SAETrainingConfig.l0_target_per`.
+L0_TARGET_SCOPES = ("token", "batch")
 #: Values of :attr:`SAETrainingConfig.b_dec_init`.
 B_DEC_INITS = ("zeros", "mean")
 
@@ -66,6 +68,9 @@ class SAETrainingConfig:
     quadratic ``λ · 2/T · (L0 - T)²`` per token and the thresholds start where each latent fires on
     ``T / d_sae`` of the first batch (0: Gemma Scope 1's linear ``λ · L0``); ``batchtopk`` and
     ``matryoshka``: ``k`` (required). At least 1 and at most ``d_sae`` when set."""
+    l0_target_per: str = "token"
+    """``jumprelu`` with a target: ``token`` pulls each token's L0 to the target (Gemma Scope 2, SAELens's
+    ``quadratic`` mode); ``batch`` pulls the batch's mean L0 there, leaving tokens their own L0."""
     l0_coefficient: float = 6e-4
     """Weight λ of the L0 penalty, linear or quadratic (Gemma Scope: 6e-4 gives L0 ≈ 50 on Gemma 2 9B
     layer 20); a sweep gives each SAE its own (see ``make_saes``). Unused by the top-k architectures."""
@@ -158,6 +163,8 @@ class SAETrainingConfig:
         if not 0 <= self.sparse_below <= 1:
             raise ValueError(f"sparse_below must lie in [0, 1], got {self.sparse_below!r}")
         self._check_sparsity()
+        if self.l0_target_per not in L0_TARGET_SCOPES:
+            raise ValueError(f"l0_target_per must be one of {L0_TARGET_SCOPES}, got {self.l0_target_per!r}")
         if self.b_dec_init not in B_DEC_INITS:
             raise ValueError(f"b_dec_init must be one of {B_DEC_INITS}, got {self.b_dec_init!r}")
         self._check_transcoder()

@@ -141,3 +141,20 @@ def test_thresholds_stay_non_negative():
         sae.threshold.fill_(-0.5)
     sae.after_step()
     assert float(sae.threshold.detach().min()) == 0.0
+
+
+def test_a_batch_target_lands_and_leaves_tokens_their_own_l0():
+    """``l0_target_per="batch"`` pulls the mean L0 to the target, not every token's: the spread of
+    per-token L0 stays wider than under the per-token penalty."""
+    held_out = torch.cat(sparse_data(2, seed=1))
+    spread = {}
+    for per in ("token", "batch"):
+        seen = []
+        c = cfg(total_tokens=256 * 120, l0_target_per=per, l0_coefficient=3e-2)
+        sae = SAETrainer(
+            c, None, sparse_data(120), callbacks=[lambda t, m, seen=seen: seen.append(m)], progress=False
+        ).fit()[0]
+        late = sum(m.saes[0].l0 for m in seen[-20:]) / 20
+        assert abs(late - 8.0) < 0.8, (per, late)
+        spread[per] = float((sae.encode(held_out) > 0).sum(-1).float().std())
+    assert spread["batch"] > 1.2 * spread["token"], spread

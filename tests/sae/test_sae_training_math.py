@@ -81,6 +81,7 @@ def _sae(threshold: float, seed: int = 0, **cfg_kwargs) -> JumpReLUTrainingSAE:
 OBJECTIVES = {
     "linear": {},
     "quadratic": {"target_l0": 8.0},
+    "quadratic-per-batch": {"target_l0": 8.0, "l0_target_per": "batch"},
     "quadratic+aux": {"target_l0": 8.0, "aux_coefficient": 0.1},
     "transcoder+skip+aux": {
         "target_l0": 8.0,
@@ -206,6 +207,7 @@ def test_schedules():
         ({"hook_name": "blocks.1.hook_resid_post", "hook_name_out": "blocks.1.hook_mlp_out"}, "hook_mlp_in"),
         ({"affine_skip": True}, "for transcoders"),
         ({"aux_coefficient": -1.0}, "aux_coefficient"),
+        ({"l0_target_per": "sequence"}, r"l0_target_per must be one of \('token', 'batch'\)"),
     ],
 )
 def test_config_validation(kwargs, message):
