@@ -1,13 +1,16 @@
 """SAETrainer: batches in, callbacks out; resumable bit for bit from its checkpoints.
 
-The trainer never sees a language model. It takes activation batches ``[batch_size, d_in]`` from either
+The trainer never sees a language model, nor which architecture it trains: each training SAE writes its
+own gradients (:class:`~g2interp.sae.training.TrainingSAE`). It takes activation batches
+``[batch_size, d_in]`` (for a transcoder, ``(inputs, targets)`` pairs) from either
 
 * a callable ``batches_from(step) -> Iterable[Tensor]`` that yields batches starting at batch ``step``
   (preferred: a resumed run opens the stream where it left off), or
 * an iterable, which a resumed run re-iterates from the start, skipping the batches already trained on.
 
 Either way the stream must yield the same batches in the same order every time it is opened.
-Batch ``i`` is trained on at step ``i``; the first ``n_norm_batches`` also set the input scale.
+Batch ``i`` is trained on at step ``i``; the first ``n_norm_batches`` also set the input scale (and a
+transcoder's output scale) and the SAEs' data-dependent start.
 :func:`train_together` feeds several trainers (one per hook, or a sweep of widths) from one stream of
 dict batches, so one read of a store trains them all.
 
