@@ -89,6 +89,8 @@ class JumpReLUTrainingSAE(nn.Module):
         self.aux_coefficient = float(aux_coefficient)
         self.k_aux = d_in // 2 if k_aux is None else int(k_aux)  # SAELens's default
         self.min_threshold = float(threshold_init)
+        #: Reconstructs another hook than it reads (its decoder is fitted to the data at the start).
+        self.transcoder = False
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae))  # [D, F]
         self.b_enc = nn.Parameter(torch.zeros(d_sae))  # [F]
         self.W_dec = nn.Parameter(torch.zeros(d_sae, d_out))  # [F, O], unit-norm rows
@@ -116,6 +118,7 @@ class JumpReLUTrainingSAE(nn.Module):
             d_out=cfg.d_out,
             affine_skip=cfg.affine_skip,
         )
+        sae.transcoder = cfg.is_transcoder
         generator = torch.Generator().manual_seed(cfg.init_seed if seed is None else seed)
         with torch.no_grad():
             nn.init.kaiming_uniform_(sae.W_dec, generator=generator)
@@ -186,6 +189,7 @@ class JumpReLUTrainingSAE(nn.Module):
             first_target_BD=first_y_BD,
             target_l0=self.target_l0,
             min_threshold=self.min_threshold,
+            fit_decoder=self.transcoder,
         )
 
     def inference_tensors(self, input_scale: float, output_scale: float) -> dict[str, Tensor]:
@@ -245,6 +249,7 @@ def init_from_data(
     min_threshold: float = 1e-3,
     mean_out_D: Float[Tensor, " d_out"] | None = None,
     first_target_BD: Float[Tensor, "batch d_out"] | None = None,
+    fit_decoder: bool = False,
 ) -> None:
     """Data-dependent start from scaled inputs: centring biases and per-latent threshold quantiles.
 
@@ -252,7 +257,9 @@ def init_from_data(
     target's mean (``mean_out_D``, default ``mean_D``). ``target_l0`` with ``first_batch_BD``: each
     latent's threshold is set to the pre-activation it exceeds on ``round(target_l0 · B / d_sae)`` (at
     least 1) of the batch's tokens, so the first L0 is about ``target_l0`` and no latent starts dead;
-    thresholds stay at or above ``min_threshold``.
+    thresholds stay at or above ``min_threshold``. ``fit_decoder`` (transcoders, whose random decoder
+    rows would hurt their target more than help it): the decoder rows are the ridge least-squares fit
+    of the first batch's target from those latents, normalised, their norms moved into the encoder.
     """
     if mean_D is not None:
         mean_out = mean_D if mean_out_D is None else mean_out_D
@@ -270,19 +277,27 @@ def init_from_data(
         # rounding (of another matmul) does not change who fires.
         top_KF = pre_BF.topk(n_fire + 1, dim=0).values
         thr_F = (0.5 * (top_KF[-2] + top_KF[-1])).clamp(min=min_threshold)
-        # Random decoder directions over-shoot: scale the encoder (and with it the thresholds, so the
-        # same tokens fire) by the least-squares factor of the first batch's reconstruction.
         acts_BF = pre_BF * (pre_BF > thr_F)
-        recon_BO = acts_BF @ sae.W_dec
         target_BO = y_BO - sae.b_dec
         if sae.W_skip is not None:
             target_BO = target_BO - x_BD @ sae.W_skip.T
-        scale = float((recon_BO * target_BO).sum() / (recon_BO * recon_BO).sum().clamp(min=1e-30))
-        if math.isfinite(scale) and scale > 0:
-            sae.W_enc.mul_(scale)
-            sae.b_enc.mul_(scale)
-            thr_F = (thr_F * scale).clamp(min=min_threshold)
-        sae.threshold.copy_(thr_F)
+        if fit_decoder:
+            # W_dec = A^T (A A^T + αI)^-1 Y: the minimum-norm ridge fit, one B x B solve
+            gram_BB = acts_BF @ acts_BF.T
+            alpha = 1e-3 * float(gram_BB.diagonal().mean()) + 1e-12
+            gram_BB.diagonal().add_(alpha)
+            W_FO = acts_BF.T @ torch.linalg.solve(gram_BB, target_BO)
+            scale_F = W_FO.norm(dim=-1).clamp(min=1e-12)
+            sae.W_dec.copy_(W_FO / scale_F[:, None])
+        else:
+            # Random decoder directions over-shoot: scale the encoder (and with it the thresholds, so
+            # the same tokens fire) by the least-squares factor of the first batch's reconstruction.
+            recon_BO = acts_BF @ sae.W_dec
+            scale = float((recon_BO * target_BO).sum() / (recon_BO * recon_BO).sum().clamp(min=1e-30))
+            scale_F = torch.full_like(thr_F, scale if math.isfinite(scale) and scale > 0 else 1.0)
+        sae.W_enc.mul_(scale_F)
+        sae.b_enc.mul_(scale_F)
+        sae.threshold.copy_((thr_F * scale_F).clamp(min=min_threshold))
 
 
 @torch.no_grad()

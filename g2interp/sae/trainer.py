@@ -16,7 +16,9 @@ dict batches, so one read of a store trains them all.
 
 Data-parallel (``parallel=DataParallel(...)``, see :mod:`g2interp.distributed`): each rank's stream
 yields its own ``batch_size // world_size`` rows of every global batch; gradients, firing counts and
-metrics are summed over the ranks, and only rank 0 writes checkpoints, logs and the final SAEs.
+metrics are summed over the ranks, and only rank 0 writes checkpoints, logs and the final SAEs. JumpReLU
+runs equal one process on the whole batch; BatchTopK keeps the top ``k·b`` of each rank's ``b`` rows (equal
+only in expectation) and its running threshold is averaged over the ranks after every step.
 Checkpoints (every ``checkpoint_every`` steps, and at the end): :mod:`g2interp.sae.checkpoint`.
 """
 

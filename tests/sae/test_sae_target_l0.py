@@ -158,3 +158,29 @@ def test_a_batch_target_lands_and_leaves_tokens_their_own_l0():
         assert abs(late - 8.0) < 0.8, (per, late)
         spread[per] = float((sae.encode(held_out) > 0).sum(-1).float().std())
     assert spread["batch"] > 1.2 * spread["token"], spread
+
+
+def test_a_transcoders_decoder_is_fitted_to_the_first_batch():
+    """Random decoder rows would hurt a transcoder's target: its start fits them (ridge least squares),
+    keeps them unit-norm and keeps which tokens fire."""
+    c = cfg(hook_name="blocks.1.hook_mlp_in", hook_name_out="blocks.1.hook_mlp_out", d_out=12)
+    x = sparse_data(1)[0] / 300.0
+    y = torch.relu(x @ torch.randn(16, 12, generator=torch.Generator().manual_seed(5)))
+    errors, fired = {}, {}
+    for fit in (False, True):
+        sae = JumpReLUTrainingSAE.initialised(c)
+        init_from_data(sae, mean_D=x.mean(0), mean_out_D=y.mean(0), first_batch_BD=x, first_target_BD=y,
+                       target_l0=8.0, min_threshold=1e-6, fit_decoder=fit)  # fmt: skip
+        with torch.no_grad():
+            pre = x @ sae.W_enc + sae.b_enc
+            acts = pre * (pre > sae.threshold)
+            errors[fit] = float(((acts @ sae.W_dec + sae.b_dec - y) ** 2).sum())
+            fired[fit] = acts > 0
+        torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(128))
+    assert torch.equal(fired[True], fired[False])
+    total = float(((y - y.mean(0)) ** 2).sum())
+    assert errors[True] < 0.5 * total < errors[False], (errors, total)
+    assert (
+        JumpReLUTrainingSAE.initialised(c).transcoder
+        and not JumpReLUTrainingSAE.initialised(cfg()).transcoder
+    )
