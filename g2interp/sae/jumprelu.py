@@ -258,8 +258,8 @@ def init_from_data(
     latent's threshold is set to the pre-activation it exceeds on ``round(target_l0 · B / d_sae)`` (at
     least 1) of the batch's tokens, so the first L0 is about ``target_l0`` and no latent starts dead;
     thresholds stay at or above ``min_threshold``. ``fit_decoder`` (transcoders, whose random decoder
-    rows would hurt their target more than help it): the decoder rows are the ridge least-squares fit
-    of the first batch's target from those latents, normalised, their norms moved into the encoder.
+    rows would hurt their target more than help it): each decoder row starts at the unit direction of
+    the activation-weighted mean target of the tokens its latent fires on.
     """
     if mean_D is not None:
         mean_out = mean_D if mean_out_D is None else mean_out_D
@@ -282,19 +282,15 @@ def init_from_data(
         if sae.W_skip is not None:
             target_BO = target_BO - x_BD @ sae.W_skip.T
         if fit_decoder:
-            # W_dec = A^T (A A^T + αI)^-1 Y: the minimum-norm ridge fit, one B x B solve
-            gram_BB = acts_BF @ acts_BF.T
-            alpha = 1e-3 * float(gram_BB.diagonal().mean()) + 1e-12
-            gram_BB.diagonal().add_(alpha)
-            W_FO = acts_BF.T @ torch.linalg.solve(gram_BB, target_BO)
-            scale_F = W_FO.norm(dim=-1).clamp(min=1e-12)
-            sae.W_dec.copy_(W_FO / scale_F[:, None])
-        else:
-            # Random decoder directions over-shoot: scale the encoder (and with it the thresholds, so
-            # the same tokens fire) by the least-squares factor of the first batch's reconstruction.
-            recon_BO = acts_BF @ sae.W_dec
-            scale = float((recon_BO * target_BO).sum() / (recon_BO * recon_BO).sum().clamp(min=1e-30))
-            scale_F = torch.full_like(thr_F, scale if math.isfinite(scale) and scale > 0 else 1.0)
+            # each decoder row starts at the activation-weighted mean target of the tokens its latent
+            # fires on (the direction it would learn first), unit-norm
+            W_FO = acts_BF.T @ target_BO
+            sae.W_dec.copy_(W_FO / W_FO.norm(dim=-1, keepdim=True).clamp(min=1e-12))
+        # Decoder directions over-shoot: scale the encoder (and with it the thresholds, so the same
+        # tokens fire) by the least-squares factor of the first batch's reconstruction.
+        recon_BO = acts_BF @ sae.W_dec
+        scale = float((recon_BO * target_BO).sum() / (recon_BO * recon_BO).sum().clamp(min=1e-30))
+        scale_F = torch.full_like(thr_F, scale if math.isfinite(scale) and scale > 0 else 1.0)
         sae.W_enc.mul_(scale_F)
         sae.b_enc.mul_(scale_F)
         sae.threshold.copy_((thr_F * scale_F).clamp(min=min_threshold))
