@@ -72,12 +72,12 @@ def main() -> None:
                      "tokens": meta["training_tokens"], **{k: ev[k] for k in ("l0", "fvu", "dead_fraction",
                      "dense_fraction", "n_tokens")}, **{k: dl[k] for k in ("ce_clean", "ce_sae", "ce_zero",
                      "delta_loss", "fraction_recovered", "n_contexts")}})  # fmt: skip
-    header = "| design | hook | L0 | L0 / 40 | FVU | dead % (held out) | dense % | Δ loss (nats) | loss recovered | wall s |"
+    header = "| design | hook | L0 | L0 / 40 | FVU | dead % (held out) | dense % | Δ loss (nats) | loss recovered |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     lines += [
         f"| {r['design']} | {r['hook']} | {r['l0']:.1f} | {r['l0'] / 40:.2f} | {r['fvu']:.3f} | "
         f"{100 * r['dead_fraction']:.1f} | {100 * r['dense_fraction']:.1f} | {r['delta_loss']:.3f} | "
-        f"{r['fraction_recovered']:.3f} | {r['seconds']:.0f} |"
+        f"{r['fraction_recovered']:.3f} |"
         for r in rows
     ]
     notes = (f"\nheld out: {rows[0]['n_tokens']} tokens for L0/FVU/dead, {rows[0]['n_contexts']} contexts "
