@@ -22,6 +22,7 @@ from itertools import islice
 from typing import Any
 
 import torch
+from common import sync
 
 from g2interp.activations.store import ActivationStore
 from g2interp.sae import JumpReLUSAE, SAEConfig, evaluate_sae, plan_saes, train_saes
@@ -39,9 +40,7 @@ def _batches(store: ActivationStore, hook: str, batch: int, n: int) -> Iterator[
 def _saelens(
     spec: Any, store: ActivationStore, scale: float, init: dict[str, torch.Tensor] | None
 ) -> tuple[float, JumpReLUSAE]:
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
-    from sae_lens.training.sae_trainer import SAETrainer as SLTrainer
 
     cfg = spec.training
     sl_cfg = JumpReLUTrainingSAEConfig(
@@ -61,6 +60,22 @@ def _saelens(
         with torch.no_grad():
             for name, tensor in init.items():
                 getattr(sae, name).copy_(tensor)
+
+    def provider() -> Iterator[torch.Tensor]:
+        for b in _batches(store, spec.hook, cfg.batch_size, cfg.total_steps):
+            yield b * scale
+
+    return fit_saelens(sae, cfg, provider(), scale)
+
+
+def fit_saelens(
+    sae: Any, cfg: Any, batches: Iterator[torch.Tensor], scale: float
+) -> tuple[float, JumpReLUSAE]:
+    """Run SAELens's own ``SAETrainer`` on ``sae`` with ``cfg``'s schedule over pre-scaled ``batches``;
+    the seconds it took and the result as an inference SAE reading raw activations."""
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer as SLTrainer
+
     trainer_cfg = SAETrainerConfig(
         total_training_samples=cfg.total_steps * cfg.batch_size,  # whole batches, as g2interp trains
         train_batch_size_samples=cfg.batch_size,
@@ -72,19 +87,18 @@ def _saelens(
         dead_feature_window=cfg.dead_window_steps,
         logger=LoggingConfig(log_to_wandb=False),
     )
-
-    def provider() -> Iterator[torch.Tensor]:
-        for b in _batches(store, spec.hook, cfg.batch_size, cfg.total_steps):
-            yield b * scale
-
-    trainer = SLTrainer(trainer_cfg, sae, provider())
+    trainer = SLTrainer(trainer_cfg, sae, batches)
+    device = sae.W_enc.device
+    sync(device)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit()
+    sync(device)
     elapsed = time.perf_counter() - start
     tensors = {n: getattr(sae, n).detach() for n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
-    final = JumpReLUSAE.from_tensors(tensors, SAEConfig(d_in=cfg.d_in, d_sae=cfg.d_sae, input_scale=scale))
+    config = SAEConfig(d_in=cfg.d_in, d_sae=cfg.d_sae, input_scale=scale)
+    final = JumpReLUSAE.from_tensors(tensors, config, device=device)
     final.fold_input_scale()
     return elapsed, final
 

@@ -28,14 +28,14 @@ import argparse
 import logging
 import math
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from common import sync
+from sae_quality import fit_saelens, quality_comparison
 from safetensors.torch import load_file
 
-from g2interp.sae import JumpReLUSAE, SAEConfig, SAETrainer, SAETrainingConfig, evaluate_sae, make_saes
+from g2interp.sae import SAETrainer, SAETrainingConfig, evaluate_sae, make_saes
 
 logger = logging.getLogger("bench.sae_train")
 
@@ -96,11 +96,6 @@ def _cycle(acts: torch.Tensor, path: str, batch: int, n: int) -> list[torch.Tens
     return [acts[i * batch : (i + 1) * batch].clone() for i in range(n)]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def train_g2interp(cfg: SAETrainingConfig, init: dict[str, torch.Tensor], batches: list[torch.Tensor]):
     device = batches[0].device
     sae = make_saes(cfg)[0].to(device)
@@ -108,19 +103,17 @@ def train_g2interp(cfg: SAETrainingConfig, init: dict[str, torch.Tensor], batche
         for name, t in init.items():
             getattr(sae, name).copy_(t)
     trainer = SAETrainer(cfg, sae, batches, progress=False)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     final = trainer.fit()[0]
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start, final
 
 
 def train_saelens(
     cfg: SAETrainingConfig, init: dict[str, torch.Tensor], batches: list[torch.Tensor], scale: float
 ):
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
-    from sae_lens.training.sae_trainer import SAETrainer as SLTrainer
 
     sl_cfg = JumpReLUTrainingSAEConfig(
         d_in=cfg.d_in,
@@ -138,37 +131,8 @@ def train_saelens(
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             getattr(sae, name).copy_(init[name])
         sae.threshold.copy_(init["threshold"])
-    trainer_cfg = SAETrainerConfig(
-        total_training_samples=cfg.total_tokens,
-        train_batch_size_samples=cfg.batch_size,
-        lr=cfg.lr,
-        lr_end=cfg.lr,
-        lr_warm_up_steps=cfg.lr_warmup_steps,
-        adam_beta1=cfg.adam_betas[0],
-        adam_beta2=cfg.adam_betas[1],
-        logger=LoggingConfig(log_to_wandb=False),
-    )
     scaled = [b * scale for b in batches]  # scaling is outside the timed region here, inside it for g2interp
-
-    def provider() -> Iterator[torch.Tensor]:
-        yield from scaled
-
-    trainer = SLTrainer(trainer_cfg, sae, provider())
-    _sync(batches[0].device)
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit()
-    _sync(batches[0].device)
-    elapsed = time.perf_counter() - start
-    tensors = {
-        name: getattr(sae, name).detach() for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
-    }
-    final = JumpReLUSAE.from_tensors(
-        tensors, SAEConfig(d_in=cfg.d_in, d_sae=cfg.d_sae, input_scale=scale), device=batches[0].device
-    )
-    final.fold_input_scale()
-    return elapsed, final
+    return fit_saelens(sae, cfg, iter(scaled), scale)
 
 
 def main() -> None:
@@ -202,8 +166,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quality:
-        from sae_quality import quality_comparison
-
         quality_comparison(args)
         return
 

@@ -26,7 +26,7 @@ def training_sae(
         affine_skip=cfg.affine_skip,
         aux_k_coefficient=cfg.aux_coefficient,
         threshold_lr=cfg.topk_threshold_lr,
-        matryoshka_widths=cfg.matryoshka_widths if cfg.architecture == "matryoshka" else (),
+        matryoshka_widths=cfg.matryoshka_widths,  # empty unless architecture is "matryoshka" (validated)
         seed=cfg.init_seed if seed is None else seed,
     )
 

@@ -18,6 +18,23 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 
+class DeadColumns(NamedTuple):
+    """The dead latents and their pre-activations, gathered from a batch's pre-activations."""
+
+    dead_K: Tensor
+    """Indices of the dead latents [n_dead]."""
+    pre_BK: Tensor
+    """Their pre-activations [B, n_dead] (a copy: later in-place work on the batch's leaves it intact)."""
+
+
+def dead_columns(pre_BF: Tensor, dead_F: Bool[Tensor, " d_sae"] | None) -> DeadColumns | None:
+    """The dead latents' columns of ``pre_BF``; None when nothing is dead."""
+    dead_K = dead_F.nonzero().squeeze(1) if dead_F is not None else None
+    if dead_K is None or dead_K.numel() == 0:
+        return None
+    return DeadColumns(dead_K, pre_BF[:, dead_K])
+
+
 class AuxKTerms(NamedTuple):
     """What the AuxK gradients need, computed before the residual is overwritten."""
 
@@ -35,18 +52,14 @@ class AuxKTerms(NamedTuple):
 
 @torch.no_grad()
 def auxk_terms(
-    pre_BF: Float[Tensor, "batch d_sae"],
+    dead: DeadColumns,
     err_BO: Float[Tensor, "batch d_out"],
     W_dec_FO: Float[Tensor, "d_sae d_out"],
-    dead_F: Bool[Tensor, " d_sae"] | None,
     k_aux: int,
-) -> AuxKTerms | None:
-    """AuxK over the dead latents' columns (dense; ``err_BO = ŷ - y``); None when nothing is dead."""
-    dead_K = dead_F.nonzero().squeeze(1) if dead_F is not None else None
-    if dead_K is None or dead_K.numel() == 0:
-        return None
+) -> AuxKTerms:
+    """AuxK over the dead latents' columns (dense; ``err_BO = ŷ - y``)."""
+    dead_K, pre_BK = dead
     n_dead = dead_K.numel()
-    pre_BK = pre_BF[:, dead_K]
     keep_BK = None
     if k_aux < n_dead:
         keep_BK = torch.zeros_like(pre_BK, dtype=torch.bool)

@@ -153,10 +153,7 @@ def evaluate_sae(
         x_ND = x.reshape(-1, d_in).to(sae.W_enc.device)
         y_NO = x_ND if y is None else y.reshape(-1, d_out).to(sae.W_enc.device)
         acts_NF = sae.encode(x_ND)
-        recon_NO = sae.decode(acts_NF)
-        if sae.W_skip is not None:
-            recon_NO = recon_NO + sae.skip(x_ND)
-        err_NO = (recon_NO - y_NO.to(acts_NF.dtype)).double()
+        err_NO = (sae.output(acts_NF, x_ND) - y_NO.to(acts_NF.dtype)).double()
         y64_NO = y_NO.double()
         n += x_ND.shape[0]
         sum_y_O += y64_NO.sum(0).cpu()

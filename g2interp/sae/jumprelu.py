@@ -35,7 +35,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from g2interp.sae.auxk import AuxKTerms, add_auxk_grads, auxk_reference, auxk_terms
+from g2interp.sae.auxk import AuxKTerms, DeadColumns, add_auxk_grads, auxk_reference, auxk_terms, dead_columns
 from g2interp.sae.sparse import csr, grad_buffer
 from g2interp.sae.sparse import offsets as sparse_offsets
 from g2interp.sae.ste import jumprelu, step
@@ -68,6 +68,7 @@ class JumpReLUTrainingSAE(nn.Module):
         k_aux: int | None = None,
         d_out: int | None = None,
         affine_skip: bool = False,
+        transcoder: bool = False,
     ):
         super().__init__()
         d_out = d_in if d_out is None else d_out
@@ -90,7 +91,7 @@ class JumpReLUTrainingSAE(nn.Module):
         self.k_aux = d_in // 2 if k_aux is None else int(k_aux)  # SAELens's default
         self.min_threshold = float(threshold_init)
         #: Reconstructs another hook than it reads (its decoder is fitted to the data at the start).
-        self.transcoder = False
+        self.transcoder = transcoder or affine_skip or d_out != d_in
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae))  # [D, F]
         self.b_enc = nn.Parameter(torch.zeros(d_sae))  # [F]
         self.W_dec = nn.Parameter(torch.zeros(d_sae, d_out))  # [F, O], unit-norm rows
@@ -117,8 +118,8 @@ class JumpReLUTrainingSAE(nn.Module):
             aux_coefficient=cfg.aux_coefficient,
             d_out=cfg.d_out,
             affine_skip=cfg.affine_skip,
+            transcoder=cfg.is_transcoder,
         )
-        sae.transcoder = cfg.is_transcoder
         generator = torch.Generator().manual_seed(cfg.init_seed if seed is None else seed)
         with torch.no_grad():
             nn.init.kaiming_uniform_(sae.W_dec, generator=generator)
@@ -315,23 +316,23 @@ def loss_and_grads(
     B = x_BD.shape[0]
     thr_F = sae.threshold.detach()
     pre_BF = torch.addmm(sae.b_enc, x_BD, sae.W_enc)
-    dead = dead_F if sae.aux_coefficient > 0 and dead_F is not None and bool(dead_F.any()) else None
-    pre_dead_BF = pre_BF if dead is None else pre_BF.clone()  # the dense kernel overwrites pre_BF
+    # gathered before the dense kernel overwrites pre_BF
+    dead = dead_columns(pre_BF, dead_F) if sae.aux_coefficient > 0 else None
     # Pairs the loss can depend on: active (pre > θ) or inside the kernel (|pre - θ| < ε/2); pre ≤ θ - ε
     # is outside both, whatever the rounding of (pre - θ)/ε.
     reach_BF = pre_BF > (thr_F - sae.bandwidth) if sparse_below > 0 else None
     sparse = reach_BF is not None and int(reach_BF.count_nonzero()) < sparse_below * B * sae.d_sae
     kernel = _sparse_grads if sparse else _dense_grads
-    stats, penalty, aux = kernel(sae, x_BD, y_BD, pre_BF, reach_BF, thr_F, l0_coefficient, pre_dead_BF, dead)
+    stats, penalty, aux = kernel(sae, x_BD, y_BD, pre_BF, reach_BF, thr_F, l0_coefficient, dead)
     c = sae.aux_coefficient
     aux_value = 0.0
-    if aux is not None:
+    if dead is not None and aux is not None:
         aux_value = c * add_auxk_grads(sae, x_BD, aux, c)
         # AuxK points a dead latent's encoder at what the others miss; its threshold, which AuxK does
         # not reach, descends (c · mean_b relu(θ - pre), pre held constant) until the latent fires again
-        gap_BK = thr_F[aux.dead_K] - pre_dead_BF[:, aux.dead_K]
+        gap_BK = thr_F[dead.dead_K] - dead.pre_BK
         aux_value += c * float(gap_BK.clamp(min=0).sum()) / B
-        sae.threshold.grad.index_add_(0, aux.dead_K, c * (gap_BK > 0).to(x_BD.dtype).mean(0))
+        sae.threshold.grad.index_add_(0, dead.dead_K, c * (gap_BK > 0).to(x_BD.dtype).mean(0))
     fvu = fvu_of(stats.mse * B, y_BD)
     return StepStats(stats.mse + penalty + aux_value, stats.mse, stats.l0, fvu, stats.fired_F, stats.sparse)
 
@@ -355,8 +356,7 @@ def _dense_grads(
     reach_BF: Tensor | None,
     thr_F: Tensor,
     coef: float,
-    pre_dead_BF: Tensor,
-    dead_F: Tensor | None,
+    dead: DeadColumns | None,
 ) -> tuple[GradStats, float, AuxKTerms | None]:
     del reach_BF
     B = x_BD.shape[0]
@@ -368,7 +368,7 @@ def _dense_grads(
         recon_BO.addmm_(x_BD, sae.W_skip.T)
     err_BO = recon_BO.sub_(y_BD)
     mse = float(torch.dot(err_BO.view(-1), err_BO.view(-1))) / B
-    aux = None if dead_F is None else auxk_terms(pre_dead_BF, err_BO, sae.W_dec, dead_F, sae.k_aux)
+    aux = None if dead is None else auxk_terms(dead, err_BO, sae.W_dec, sae.k_aux)
     g_BO = err_BO.mul_(2.0 / B)  # d mse / d ŷ
     _write_skip_and_b_dec(sae, x_BD, g_BO)
     torch.mm(acts_BF.T, g_BO, out=grad_buffer(sae.W_dec))
@@ -396,8 +396,7 @@ def _sparse_grads(
     reach_BF: Tensor | None,
     thr_F: Tensor,
     coef: float,
-    pre_dead_BF: Tensor,
-    dead_F: Tensor | None,
+    dead: DeadColumns | None,
 ) -> tuple[GradStats, float, AuxKTerms | None]:
     assert reach_BF is not None
     B, F = pre_BF.shape
@@ -417,7 +416,7 @@ def _sparse_grads(
         recon_BO.addmm_(x_BD, sae.W_skip.T)
     err_BO = recon_BO.sub_(y_BD)
     mse = float(torch.dot(err_BO.view(-1), err_BO.view(-1))) / B
-    aux = None if dead_F is None else auxk_terms(pre_dead_BF, err_BO, sae.W_dec, dead_F, sae.k_aux)
+    aux = None if dead is None else auxk_terms(dead, err_BO, sae.W_dec, sae.k_aux)
     g_BO = err_BO.mul_(2.0 / B)
     _write_skip_and_b_dec(sae, x_BD, g_BO)
     # ∂L/∂f at the stored pairs only: a sampled dense-dense product.

@@ -280,11 +280,17 @@ class JumpReLUSAE(nn.Module):
         x_BD = self._flatten_in(x).to(self.W_skip.dtype)
         return x_BD @ self.W_skip.T  # SAELens's expression, so its outputs match bit for bit
 
+    def output(
+        self, f: Float[Tensor, "*batch d_sae"], x: Float[Tensor, "*batch d_in"]
+    ) -> Float[Tensor, "*batch d_out"]:
+        """What latents ``f`` of input ``x`` write: the decoder's output, plus a skip transcoder's
+        ``x W_skip^T`` (``x`` is read only then)."""
+        out = self.decode(f)
+        return out if self.W_skip is None else out + self.skip(x)
+
     def forward(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_out"]:
         """An SAE's reconstruction of ``x`` (same shape as ``x``); a transcoder's output [..., d_out]."""
-        out = self.decode(self.encode(x))
-        if self.W_skip is not None:
-            out = out + self.skip(x)
+        out = self.output(self.encode(x), x)
         return out.reshape(x.shape) if self.cfg.reshape_hook_z else out
 
     # ------------------------------------------------------------------ scaling

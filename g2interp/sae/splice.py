@@ -165,10 +165,10 @@ class SplicedSAE(nn.Module):
         x_in_BQD = self.hook_sae_input(x_BQD)
         pre_BQF = self.hook_sae_acts_pre(sae.pre_activations(x_in_BQD))
         f_BQF = self.hook_sae_acts_post(sae.activation(pre_BQF))
-        out_BQO = self.hook_sae_recons(self._output(f_BQF, x_in_BQD))
+        out_BQO = self.hook_sae_recons(sae.output(f_BQF, x_in_BQD))
         if self.use_error_term:
             with torch.no_grad():  # as SAELens: the error is a constant; gradients flow through the SAE
-                clean_BQO = self._output(sae.encode(x_BQD), x_BQD) if self._intervened() else out_BQO
+                clean_BQO = sae.output(sae.encode(x_BQD), x_BQD) if self._intervened() else out_BQO
                 error_BQO = y_BQO - clean_BQO
                 if keep_BQ1 is not None:
                     error_BQO = torch.where(keep_BQ1, error_BQO, torch.zeros_like(error_BQO))
@@ -178,11 +178,6 @@ class SplicedSAE(nn.Module):
             out_BQO = torch.where(keep_BQ1, out_BQO, y_BQO.to(out_BQO.dtype))
         out_BQO = self.hook_sae_output(out_BQO)
         return out_BQO.to(act.dtype).reshape(act.shape)
-
-    def _output(self, f_BQF: Tensor, x_BQD: Tensor) -> Tensor:
-        """Decoder output, plus a skip transcoder's ``x W_skip^T``: ``sae(x)`` for unedited latents."""
-        out_BQO = self.sae.decode(f_BQF)
-        return out_BQO if self.sae.W_skip is None else out_BQO + self.sae.skip(x_BQD)
 
     def read_input(self, act: Tensor, hook: HookPoint) -> None:
         """The hook function at a transcoder's input hook: keep ``act`` for its output hook."""

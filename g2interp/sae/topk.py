@@ -22,13 +22,13 @@ import itertools
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from g2interp.sae.auxk import AuxKTerms, add_auxk_grads, auxk_terms
+from g2interp.sae.auxk import add_auxk_grads, auxk_terms, dead_columns
 from g2interp.sae.sparse import csr, grad_buffer
 from g2interp.sae.sparse import offsets as sparse_offsets
 from g2interp.sae.training import StepInput, StepStats, fvu_of
@@ -351,7 +351,8 @@ class BatchTopKTrainingSAE(nn.Module):
         sq_err = float(sq_err_P[-1])
         loss = float(sq_err_P.sum()) / B
         # AuxK terms, read from the residual before err becomes the gradient, added after the rest
-        aux = self._aux_terms(pre_BF, err_PBO[-1], dead_F) if self.aux_k_coefficient > 0 else None
+        dead = dead_columns(pre_BF, dead_F) if self.aux_k_coefficient > 0 else None
+        aux = None if dead is None else auxk_terms(dead, err_PBO[-1], self.W_dec, self.k_aux)
         g_PBO = err_PBO.mul_(2.0 / B)  # d mse_p / d ŷ_p
         if P > 1:
             g_PBO = g_PBO.flip(0).cumsum(0).flip(0)
@@ -369,17 +370,8 @@ class BatchTopKTrainingSAE(nn.Module):
         grad_buffer(self.W_enc).copy_(grad_enc_FD.T)
         grad_buffer(self.b_enc).copy_(torch.bincount(cols_N, weights=grad_pre_N, minlength=F))
         if aux is not None:
-            loss += self.aux_k_coefficient * self._add_aux_grads(x_BD, *aux)
+            loss += self.aux_k_coefficient * add_auxk_grads(self, x_BD, aux, self.aux_k_coefficient)
         return loss, sq_err / B, sq_err
-
-    def _aux_terms(self, pre_BF: Tensor, err_BO: Tensor, dead_F: Tensor | None) -> AuxKTerms | None:
-        """AuxK over the dead latents' columns (dense: with ``n_dead <= k_aux``, the usual case, every
-        dead column takes part, denser than sparse products pay for)."""
-        return auxk_terms(pre_BF, err_BO, self.W_dec, dead_F, self.k_aux)
-
-    def _add_aux_grads(self, x_BD: Tensor, *terms: Any) -> float:
-        """Add the AuxK gradients to those written; returns the scaled AuxK loss (before its coefficient)."""
-        return add_auxk_grads(self, x_BD, AuxKTerms(*terms), self.aux_k_coefficient)
 
 
 @torch.no_grad()

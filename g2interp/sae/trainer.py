@@ -247,7 +247,7 @@ class SAETrainer(CheckpointMixin):
             if self.parallel is None:
                 self._check_loss(stats[-1], len(stats) - 1)
         if self.parallel is not None:
-            stats = self._all_reduce(x_BD, y_BO, stats, coefs)
+            stats = self._all_reduce(x_BD, y_BO, stats)
             for i, st in enumerate(stats):
                 self._check_loss(st, i)
         for sae, opt in zip(self.saes, self.optimizers, strict=True):
@@ -255,9 +255,9 @@ class SAETrainer(CheckpointMixin):
                 group["lr"] = lr
             opt.step()
             sae.after_step()
-            if self.parallel is not None and any(True for _ in sae.buffers()):
+            buffers = list(sae.buffers())
+            if self.parallel is not None and buffers:
                 # state updated from each rank's own rows (a running threshold): keep the ranks equal
-                buffers = list(sae.buffers())
                 self.parallel.all_reduce_sum(buffers)
                 for buffer in buffers:
                     buffer.div_(self.parallel.world_size)
@@ -285,9 +285,7 @@ class SAETrainer(CheckpointMixin):
     def _non_finite(self, what: str) -> NonFiniteError:
         return NonFiniteError(f"{what}; last good checkpoint: {self.last_checkpoint or 'none'}")
 
-    def _all_reduce(
-        self, x_BD: Tensor, y_BO: Tensor, stats: list[StepStats], coefs: list[float]
-    ) -> list[StepStats]:
+    def _all_reduce(self, x_BD: Tensor, y_BO: Tensor, stats: list[StepStats]) -> list[StepStats]:
         """Average the gradients over the ranks and turn per-rank sums into global batch statistics.
 
         Each rank's gradient is of the mean loss over its ``b`` rows; with equal slices, their mean is

@@ -28,6 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from g2interp.cli_config import require_ints, require_positive
+from g2interp.sae.sae import check_transcoder_hooks
 
 #: Values of :attr:`SAETrainingConfig.architecture`.
 ARCHITECTURES = ("jumprelu", "batchtopk", "matryoshka")
@@ -207,8 +208,6 @@ class SAETrainingConfig:
 
     def _check_transcoder(self) -> None:
         if self.hook_name_out:
-            from g2interp.sae.sae import check_transcoder_hooks
-
             if self.hook_name:
                 check_transcoder_hooks(self.hook_name, self.hook_name_out)
             if self.reshape_hook_z:
