@@ -3,10 +3,14 @@
 Both decode the same left-padded prompts (batch 1 and 4 by default), greedily, ``--new-tokens`` new
 tokens each with no stop at EOS, in one process with the rounds interleaved (g2interp, transformers,
 g2interp, ...), and print tokens/s, the ratio to transformers, whether the continuations are equal
-token for token, and each decode step against the memory-bandwidth floor: the bytes of weights one
-step reads (every block's weights and the unembedding, once each) divided by the copy bandwidth
+token for token, and each decode step against the memory-bandwidth floor: the bytes of the model's
+weights (every block's weights and the unembedding, once each, fp32) divided by the copy bandwidth
 measured in the same run (STREAM's count: bytes read + written per second). A decode step is
 ``(time for N tokens - time for 1 token) / (N - 1)``: the prompt's forward pass is left out.
+``g2interp full logits`` is g2interp with ``screen_greedy = False``: every logit computed, as
+sampling needs; plain ``g2interp`` takes greedy's argmax through the fp16 screen of the unembedding
+(``g2interp.model.screen``), which reads the unembedding's bytes half as often as the fp32 weights
+count them; the floor of the bytes it reads is printed too.
 
 A second table times both kernels ``kernels.linear`` chooses between for each product of a decode
 step, on all 18 blocks' weights in turn (so the weights stream from memory as in a step), at the
@@ -40,6 +44,7 @@ def step_bytes(model) -> int:
 def kernel_rows(model, batches: list[int], repeats: int) -> list[tuple[str, int, float, float, bool]]:
     """(product, rows, F.linear s, W @ x.T s, g2interp picks W @ x.T) for each product of a step."""
     from g2interp.model.kernels import as_w_xt, w_xt
+    from g2interp.model.screen import ScreenedUnembedding, supported
 
     products = {
         "attn.qkv_proj": [b.attn.qkv_proj.weight for b in model.blocks],
@@ -48,6 +53,7 @@ def kernel_rows(model, batches: list[int], repeats: int) -> list[tuple[str, int,
         "mlp.down_proj": [b.mlp.down_proj.weight for b in model.blocks],
         "unembedding": [model.W_U],
     }
+    screen = ScreenedUnembedding(model.W_U) if model.screen_greedy and supported(model.W_U) else None
     out = []
     with torch.no_grad():
         for name, weights in products.items():
@@ -63,7 +69,15 @@ def kernel_rows(model, batches: list[int], repeats: int) -> list[tuple[str, int,
                 )
                 picks = as_w_xt(rows, x_NK, weights[0])
                 out.append((name, rows, median(times["linear"]), median(times["mm"]), picks))
+                if name == "unembedding" and screen is not None:
+                    t = interleaved({"screen": lambda x_NK=x_NK: screen.screen(x_NK)}, repeats, model.device)
+                    out.append(("unembedding fp16 screen", rows, float("nan"), median(t["screen"]), True))
     return out
+
+
+def screen_bytes(model) -> int:
+    """Weight bytes a greedy step reads with the screen: the blocks' weights and the fp16 unembedding."""
+    return step_bytes(model) - model.W_U.numel() * 2
 
 
 def main() -> None:
@@ -89,16 +103,22 @@ def main() -> None:
     N = args.new_tokens
 
     fns, inputs = {}, {}
+
+    def ours_generate(tokens_BP, mask_BP, n, screen):
+        ours.screen_greedy = screen
+        return ours.generate(tokens_BP, n, attention_mask=mask_BP, stop_at_eos=False).tokens
+
+    impls = ("g2interp", "g2interp full logits", "transformers")
     for B in args.batches:
         tokens_BP, mask_BP = ours.tokenize(PROMPTS[:B], padding_side="left")
         inputs[B] = tokens_BP, mask_BP
         for n in (N, 1):
-            fns[("g2interp", B, n)] = lambda t=tokens_BP, m=mask_BP, n=n: (
-                ours.generate(t, n, attention_mask=m, stop_at_eos=False).tokens
-            )
+            for impl, screen in (("g2interp", True), ("g2interp full logits", False)):
+                fns[(impl, B, n)] = lambda t=tokens_BP, m=mask_BP, n=n, s=screen: ours_generate(t, m, n, s)
             fns[("transformers", B, n)] = lambda t=tokens_BP, m=mask_BP, n=n: _hf_generate(hf, t, m, n)
     outputs = {key: fn() for key, fn in fns.items()}  # the warm-up round
     times = interleaved(fns, args.repeats, args.device, warmup=False)
+    ours.screen_greedy = True
     bandwidth = copy_bandwidth(args.device)
     floor = step_bytes(ours) / bandwidth
 
@@ -108,21 +128,23 @@ def main() -> None:
         f"median of {args.repeats} interleaved rounds"
     )
     print(
-        f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write); weights read per step "
-        f"{step_bytes(ours) / 1e9:.3f} GB; bandwidth floor {floor * 1e3:.1f} ms/step"
+        f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write); weights per step "
+        f"{step_bytes(ours) / 1e9:.3f} GB; bandwidth floor {floor * 1e3:.1f} ms/step "
+        f"(of the {screen_bytes(ours) / 1e9:.3f} GB the screened step reads: "
+        f"{screen_bytes(ours) / bandwidth * 1e3:.1f} ms)"
     )
     print(
-        f"{'batch':>5s}  {'implementation':14s} {'tokens/s':>9s} {'vs transformers':>16s} "
+        f"{'batch':>5s}  {'implementation':21s} {'tokens/s':>9s} {'vs transformers':>16s} "
         f"{'ms/step':>8s} {'step/floor':>11s}  continuations"
     )
     for B in args.batches:
         ref_time = median(times[("transformers", B, N)])
-        for impl in ("g2interp", "transformers"):
+        for impl in impls:
             total = median(times[(impl, B, N)])
             step = (total - median(times[(impl, B, 1)])) / (N - 1)
             same = outputs[(impl, B, N)].tolist() == outputs[("transformers", B, N)].tolist()
             print(
-                f"{B:5d}  {impl:14s} {B * N / total:9.1f} {ref_time / total:15.2f}x "
+                f"{B:5d}  {impl:21s} {B * N / total:9.1f} {ref_time / total:15.2f}x "
                 f"{step * 1e3:8.1f} {step / floor:10.2f}x  {'equal' if same else 'DIFFER'}"
             )
 
@@ -141,10 +163,11 @@ def main() -> None:
             )
 
     print(f"\nproducts of one decode step (all blocks' weights in turn), ms, median of {args.repeats + 2}")
-    print(f"{'product':18s} {'rows':>4s} {'F.linear':>9s} {'W @ x.T':>9s}")
+    print(f"{'product':24s} {'rows':>4s} {'F.linear':>9s} {'W @ x.T':>9s}")
     for name, rows, t_lin, t_mm, picks in kernel_rows(ours, args.batches, args.repeats + 2):
         marks = ("*", "") if not picks else ("", "*")
-        print(f"{name:18s} {rows:4d} {t_lin * 1e3:8.2f}{marks[0]:1s} {t_mm * 1e3:8.2f}{marks[1]:1s}")
+        lin = f"{t_lin * 1e3:8.2f}" if t_lin == t_lin else f"{'-':>8s}"  # the screen has no F.linear form
+        print(f"{name:24s} {rows:4d} {lin}{marks[0]:1s} {t_mm * 1e3:8.2f}{marks[1]:1s}")
     print(loadavg())
 
 

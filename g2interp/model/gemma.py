@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookedRootModule, HookPoint
 
 from g2interp.config import AttentionType, ModelConfig
-from g2interp.model import hook_points
+from g2interp.model import hook_points, screen
 from g2interp.model.attention import AttentionMasks
 from g2interp.model.hook_points import listened
 from g2interp.model.kernels import Linear, linear
@@ -63,6 +63,11 @@ class HookedGemma(HookedRootModule):
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.d_model, cfg.vocab_size)
         self.rope_global = RotaryEmbedding(cfg.d_head, cfg.rope_theta_global, cfg.rope_scaling_global)
         self.rope_local = RotaryEmbedding(cfg.d_head, cfg.rope_theta_local, cfg.rope_scaling_local)
+        self.screen_greedy = True
+        """Greedy decoding on the CPU in fp32 takes its argmax through a half-precision screen of the
+        unembedding (:mod:`g2interp.model.screen`: the same tokens, 335 MB more memory for Gemma 3
+        270M); False computes every logit."""
+        self._screen: screen.ScreenedUnembedding | None = None
         self.setup()
 
     # ------------------------------------------------------------------ properties
@@ -149,15 +154,41 @@ class HookedGemma(HookedRootModule):
         ``last_only`` keeps the last column only ([B, 1, vocab]); ``ln_final``'s hooks, when listened
         to, still see every position.
         """
-        norm = self.ln_final
-        if last_only and not (listened(norm.hook_scale) or listened(norm.hook_normalized)):
-            resid_BQM = resid_BQM[:, -1:]  # the norm works per position, so normalising one is exact
-        x_BQM = norm(resid_BQM)[:, -1:] if last_only else norm(resid_BQM)
+        x_BQM = self._final_norm_last(resid_BQM) if last_only else self.ln_final(resid_BQM)
         logits_BQV = linear(x_BQM, self.W_U)
         if self.cfg.final_logit_softcap is not None:  # Gemma 2 soft-caps the output logits
             cap = self.cfg.final_logit_softcap
             logits_BQV = torch.tanh(logits_BQV / cap) * cap
         return logits_BQV
+
+    def greedy_tokens(self, resid_BQM: Float[Tensor, "batch pos d_model"]) -> Int[Tensor, " batch"]:
+        """The last position's most likely next token [B] from the residual stream after the last block.
+
+        The argmax of :meth:`unembed`'s last logits; on the CPU in fp32 (with :attr:`screen_greedy`)
+        found through :class:`~g2interp.model.screen.ScreenedUnembedding` without computing them all.
+        """
+        W_VM = self.W_U
+        if not (self.screen_greedy and screen.supported(W_VM)):
+            return self.unembed(resid_BQM, last_only=True)[:, -1].argmax(dim=-1)
+        if self._screen is None or self._screen.key != screen.WeightKey.of(W_VM):
+            self._screen = None  # free the old copy before building the new one
+            self._screen = screen.ScreenedUnembedding(W_VM)
+        x_BM = self._final_norm_last(resid_BQM)[:, -1]
+        return self._screen.argmax(x_BM, W_VM, self.cfg.final_logit_softcap)
+
+    def clear_decode_cache(self) -> None:
+        """Drop the greedy screen's copy of the unembedding (rebuilt on the next greedy step).
+
+        Needed only after editing the unembedding through ``.data``, which PyTorch does not track.
+        """
+        self._screen = None
+
+    def _final_norm_last(self, resid_BQM: Tensor) -> Tensor:
+        """``ln_final`` of the last position [B, 1, M]; its hooks, when listened to, see every position."""
+        norm = self.ln_final
+        if listened(norm.hook_scale) or listened(norm.hook_normalized):
+            return norm(resid_BQM)[:, -1:]
+        return norm(resid_BQM[:, -1:])  # the norm works per position, so normalising one is exact
 
     # ------------------------------------------------------------------ caching
     def resolve_hook_names(

@@ -6,6 +6,7 @@ One decode loop (:func:`_decode_steps`) serves both :func:`generate` (a whole ba
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -111,21 +112,23 @@ def _decode_steps(
         cfg.n_layers, B, cfg.n_kv_heads, P + max_new_tokens, cfg.d_head, model.device, model.dtype
     )
 
-    def forward(tokens_BQ: Tensor, mask_BQ: Tensor) -> Tensor:
-        """Last-position logits [B, V] of one forward pass on the cache, with ``fwd_hooks`` attached."""
-        if not fwd_hooks:
-            return model(tokens_BQ, mask_BQ, kv_cache=cache, last_only=True)[:, -1]
-        with model.hooks(fwd_hooks=list(fwd_hooks)):
-            return model(tokens_BQ, mask_BQ, kv_cache=cache, last_only=True)[:, -1]
-
     generator = None
     if seed is not None:
         generator = torch.Generator(device=model.device).manual_seed(seed)
+
+    def next_ids(tokens_BQ: Tensor, mask_BQ: Tensor) -> Tensor:
+        """The next ids [B] after one forward pass on the cache, with ``fwd_hooks`` attached."""
+        with model.hooks(fwd_hooks=list(fwd_hooks)) if fwd_hooks else contextlib.nullcontext():
+            if temperature == 0:  # greedy needs the argmax only, not every logit
+                resid_BQM = model(tokens_BQ, mask_BQ, kv_cache=cache, stop_at_layer=cfg.n_layers)
+                return model.greedy_tokens(resid_BQM)
+            logits_BV = model(tokens_BQ, mask_BQ, kv_cache=cache, last_only=True)[:, -1]
+        return sample_next(logits_BV, temperature, top_p, top_k, generator)
+
     eos = torch.tensor(cfg.eos_token_ids, device=model.device)
     finished_B = torch.zeros(B, dtype=torch.bool, device=model.device)
-    logits_BV = forward(tokens_BP, mask_BP)
+    next_B = next_ids(tokens_BP, mask_BP)
     for step in range(max_new_tokens):
-        next_B = sample_next(logits_BV, temperature, top_p, top_k, generator)
         next_B = torch.where(finished_B, torch.full_like(next_B, cfg.pad_token_id), next_B)
         if stop_at_eos:
             is_eos_B = torch.isin(next_B, eos)
@@ -136,7 +139,7 @@ def _decode_steps(
         step_mask_B1 = (
             (~finished_B | is_eos_B).long()[:, None] if stop_at_eos else torch.ones_like(next_B)[:, None]
         )
-        logits_BV = forward(next_B[:, None], step_mask_B1)
+        next_B = next_ids(next_B[:, None], step_mask_B1)
 
 
 def generate(

@@ -64,12 +64,14 @@ def script(model, monkeypatch):
     """``script(text)`` makes the model emit the byte ids of ``text`` then EOS; returns those ids."""
     state = {"ids": [], "at": 0}
 
-    def scripted_sample(logits_BV, temperature, top_p, top_k, generator):
+    def scripted(batch_BX: torch.Tensor) -> torch.Tensor:
         next_id = state["ids"][state["at"]]
         state["at"] += 1
-        return torch.full((logits_BV.shape[0],), next_id, dtype=torch.long, device=logits_BV.device)
+        return torch.full((batch_BX.shape[0],), next_id, dtype=torch.long, device=batch_BX.device)
 
-    monkeypatch.setattr(generation, "sample_next", scripted_sample)
+    # greedy decoding takes the model's argmax, sampling sample_next: both emit the script
+    monkeypatch.setattr(generation, "sample_next", lambda logits_BV, *args: scripted(logits_BV))
+    monkeypatch.setattr(model, "greedy_tokens", scripted)
 
     def set_script(text: str) -> list[int]:
         ids = [*model.tokenizer.encode(text, prepend_bos=False), EOS]
