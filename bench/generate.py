@@ -12,9 +12,10 @@ sampling needs; plain ``g2interp`` takes greedy's argmax through the fp16 screen
 (``g2interp.model.screen``), which reads the unembedding's bytes half as often as the fp32 weights
 count them; the floor of the bytes it reads is printed too.
 
-A second table times both kernels ``kernels.linear`` chooses between for each product of a decode
-step, on all 18 blocks' weights in turn (so the weights stream from memory as in a step), at the
-benchmark's batch sizes; ``*`` marks the one g2interp runs.
+A second table times each kernel a product of a decode step can run on (``F.linear``, ``W @ x.T``,
+oneDNN on a reordered copy of the weight, and the fp16 screen for greedy's unembedding), on all 18
+blocks' weights in turn (so the weights stream from memory as in a step), at the benchmark's batch
+sizes; ``*`` marks the one g2interp runs.
 
     python bench/generate.py [--new-tokens 48] [--batches 1 4] [--repeats 3] [--threads N]
                              [--device cuda --dtype bfloat16]
@@ -41,37 +42,52 @@ def step_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def kernel_rows(model, batches: list[int], repeats: int) -> list[tuple[str, int, float, float, bool]]:
-    """(product, rows, F.linear s, W @ x.T s, g2interp picks W @ x.T) for each product of a step."""
-    from g2interp.model.kernels import as_w_xt, w_xt
+KERNELS = ("F.linear", "W @ x.T", "oneDNN packed", "fp16 screen")
+
+
+def kernel_rows(model, batches: list[int], repeats: int) -> list[tuple[str, int, dict[str, float], str]]:
+    """(product, rows, seconds per kernel, the kernel g2interp runs) for each product of a decode step.
+
+    The blocks' products run through ``F.linear``, ``W @ x.T`` and oneDNN on reordered weights; the
+    unembedding through the first two and, for greedy decoding, the fp16 screen.
+    """
+    from g2interp.model.kernels import PACK_ROWS_HINT, as_w_xt, packable, w_xt
     from g2interp.model.screen import ScreenedUnembedding, supported
 
-    products = {
-        "attn.qkv_proj": [b.attn.qkv_proj.weight for b in model.blocks],
-        "attn.o_proj": [b.attn.o_proj.weight for b in model.blocks],
-        "mlp.gate_up_proj": [b.mlp.gate_up_proj.weight for b in model.blocks],
-        "mlp.down_proj": [b.mlp.down_proj.weight for b in model.blocks],
-        "unembedding": [model.W_U],
+    blocks = {
+        "attn.qkv_proj": [b.attn.qkv_proj for b in model.blocks],
+        "attn.o_proj": [b.attn.o_proj for b in model.blocks],
+        "mlp.gate_up_proj": [b.mlp.gate_up_proj for b in model.blocks],
+        "mlp.down_proj": [b.mlp.down_proj for b in model.blocks],
     }
     screen = ScreenedUnembedding(model.W_U) if model.screen_greedy and supported(model.W_U) else None
     out = []
     with torch.no_grad():
-        for name, weights in products.items():
+        for name, weights in [
+            *((n, [m.weight for m in ms]) for n, ms in blocks.items()),
+            ("unembedding", [model.W_U]),
+        ]:
             for rows in batches:
                 x_NK = torch.randn(rows, weights[0].shape[1], device=model.device, dtype=model.dtype)
-                times = interleaved(
-                    {
-                        "linear": lambda x_NK=x_NK, ws=weights: [F.linear(x_NK, w) for w in ws],
-                        "mm": lambda x_NK=x_NK, ws=weights: [w_xt(x_NK, w) for w in ws],
-                    },
-                    repeats,
-                    model.device,
-                )
-                picks = as_w_xt(rows, x_NK, weights[0])
-                out.append((name, rows, median(times["linear"]), median(times["mm"]), picks))
+                fns = {
+                    "F.linear": lambda x_NK=x_NK, ws=weights: [F.linear(x_NK, w) for w in ws],
+                    "W @ x.T": lambda x_NK=x_NK, ws=weights: [w_xt(x_NK, w) for w in ws],
+                }
+                if name in blocks and packable(x_NK, weights[0]):
+                    packed = [torch.ops.mkldnn._reorder_linear_weight(w, PACK_ROWS_HINT) for w in weights]
+                    fns["oneDNN packed"] = lambda x_NK=x_NK, ps=packed: [
+                        torch.ops.mkldnn._linear_pointwise(x_NK, p, None, "none", [], "") for p in ps
+                    ]
                 if name == "unembedding" and screen is not None:
-                    t = interleaved({"screen": lambda x_NK=x_NK: screen.screen(x_NK)}, repeats, model.device)
-                    out.append(("unembedding fp16 screen", rows, float("nan"), median(t["screen"]), True))
+                    fns["fp16 screen"] = lambda x_NK=x_NK: screen.screen(x_NK)
+                times = {k: median(v) for k, v in interleaved(fns, repeats, model.device).items()}
+                if name in blocks and "oneDNN packed" in fns and model.pack_decode_weights:
+                    runs = "oneDNN packed"
+                elif name == "unembedding" and "fp16 screen" in fns:
+                    runs = "fp16 screen"
+                else:
+                    runs = "W @ x.T" if as_w_xt(rows, x_NK, weights[0]) else "F.linear"
+                out.append((name, rows, times, runs))
     return out
 
 
@@ -163,11 +179,12 @@ def main() -> None:
             )
 
     print(f"\nproducts of one decode step (all blocks' weights in turn), ms, median of {args.repeats + 2}")
-    print(f"{'product':24s} {'rows':>4s} {'F.linear':>9s} {'W @ x.T':>9s}")
-    for name, rows, t_lin, t_mm, picks in kernel_rows(ours, args.batches, args.repeats + 2):
-        marks = ("*", "") if not picks else ("", "*")
-        lin = f"{t_lin * 1e3:8.2f}" if t_lin == t_lin else f"{'-':>8s}"  # the screen has no F.linear form
-        print(f"{name:24s} {rows:4d} {lin}{marks[0]:1s} {t_mm * 1e3:8.2f}{marks[1]:1s}")
+    print(f"{'product':18s} {'rows':>4s} " + " ".join(f"{k:>14s}" for k in KERNELS))
+    for name, rows, times, runs in kernel_rows(ours, args.batches, args.repeats + 2):
+        cells = [
+            (f"{times[k] * 1e3:.2f}" + ("*" if k == runs else " ")) if k in times else "- " for k in KERNELS
+        ]
+        print(f"{name:18s} {rows:4d} " + " ".join(f"{c:>14s}" for c in cells))
     print(loadavg())
 
 

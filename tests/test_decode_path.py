@@ -153,3 +153,43 @@ def test_embedded_decode_logits_within_1e_5_of_the_full_forward(embedded_model):
             )
         decoded = torch.cat(steps, dim=1)
         assert _rel(decoded, full[:, P - 1 :]) < 1e-5, batch
+
+
+def test_packed_few_row_products_equal_the_plain_ones_and_follow_the_weight():
+    from g2interp.model.kernels import Linear
+
+    lin = Linear(96, 300)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(300, 96, generator=gen))
+        for rows in (1, 2, 4, 7, 8, 33):
+            x = torch.randn(rows, 96, generator=gen)
+            ref = (x.double() @ lin.weight.double().T).float()
+            lin.clear_packed()
+            assert _rel(lin(x), ref) < 1e-6
+            assert (lin._packed is not None) == (rows < 8), rows  # 8 rows on: the plain product
+        x = torch.randn(1, 1, 96, generator=gen)
+        lin.weight[3] = 7.0  # tracked: the copy is rebuilt
+        assert _rel(lin(x), (x.double() @ lin.weight.double().T).float()) < 1e-6
+        lin.weight.data[5] = -7.0  # not tracked: stale until cleared
+        lin.clear_packed()
+        assert _rel(lin(x), (x.double() @ lin.weight.double().T).float()) < 1e-6
+        lin.double()
+        assert lin._packed is None and lin(x.double()).dtype == torch.float64
+    lin.float()
+    x = torch.randn(1, 96, generator=gen, requires_grad=True)
+    lin(x).sum().backward()  # with gradients the plain product runs: the weight gets its gradient
+    assert lin._packed is None and torch.allclose(lin.weight.grad, x.detach().expand(300, 96))
+
+
+def test_decoding_is_the_same_without_packed_weights(model):
+    texts = ["pack the weights", "or not"]
+    out = model.generate(texts, 8, stop_at_eos=False).tokens
+    model.pack_decode_weights = False
+    try:
+        assert not model.pack_decode_weights
+        assert torch.equal(model.generate(texts, 8, stop_at_eos=False).tokens, out)
+    finally:
+        model.pack_decode_weights = True
+    model.clear_decode_cache()
+    assert all(b.mlp.down_proj._packed is None for b in model.blocks) and model._screen is None

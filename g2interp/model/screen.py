@@ -28,31 +28,18 @@ from __future__ import annotations
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from g2interp.model.kernels import WeightKey
+
 log = logging.getLogger(__name__)
 
 MAX_CANDIDATES = 4096
 """More candidates than this in a row (inputs with a huge norm) and the row takes the full fp32 product."""
-
-
-class WeightKey(NamedTuple):
-    """What identifies a weight's contents as far as PyTorch tracks them."""
-
-    data_ptr: int
-    version: int
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    device: torch.device
-
-    @classmethod
-    def of(cls, W: Tensor) -> WeightKey:
-        return cls(W.data_ptr(), W._version, tuple(W.shape), W.dtype, W.device)
 
 
 def supported(W_VM: Tensor) -> bool:
