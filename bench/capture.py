@@ -11,7 +11,9 @@ model's own weights with inputs of the shapes the model feeds them (through ``ke
 call the blocks make), and the attention kernel on the model's query/key/value shapes (SDPA, causal,
 grouped-query), for the 9 blocks. Every row, the floor included, runs once per round, rounds
 interleaved; the table shows medians. What separates g2interp from the floor is everything else:
-norms, GeGLU, rotary embeddings, residual adds, copies and hook dispatch.
+norms, GeGLU, rotary embeddings, residual adds, copies and hook dispatch. The last row adds the
+elementwise part of that (the blocks' norms, GELU, RoPE and residual adds, run alone on the model's
+shapes) to the floor: what a forward pass that keeps transformers' arithmetic bit for bit cannot avoid.
 
     python bench/capture.py [--batch 8] [--seq 128] [--repeats 5] [--threads N] [--device cuda --dtype bfloat16]
 """
@@ -57,6 +59,45 @@ def floor_fn(model, batch: int, seq: int, n_blocks: int):
                 linear(z_BQx, block.attn.o_proj.weight)
                 linear(x_BQM, block.mlp.gate_up_proj.weight)
                 linear(post_BQF, block.mlp.down_proj.weight)
+
+    return run
+
+
+def elementwise_fn(model, batch: int, seq: int, n_blocks: int):
+    """A function running the blocks' elementwise arithmetic alone, on the model's shapes and modules.
+
+    Per block: the four sandwich norms, the q/k head norms, RoPE on q and k, GeGLU's activation and
+    product, the two residual adds: what transformers computes besides the products and attention,
+    and what g2interp must compute the same way to keep its residual stream equal to transformers'.
+    """
+    from g2interp.model.layers import apply_rope
+
+    cfg, device, dtype = model.cfg, model.device, model.dtype
+    gen = torch.Generator(device=device).manual_seed(1)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+
+    x_BQM, gate_BQF, up_BQF = (
+        randn(batch, seq, cfg.d_model),
+        randn(batch, seq, cfg.d_mlp),
+        randn(batch, seq, cfg.d_mlp),
+    )
+    q_BQHD, k_BQGD = randn(batch, seq, cfg.n_heads, cfg.d_head), randn(batch, seq, cfg.n_kv_heads, cfg.d_head)
+    positions = torch.arange(seq, device=device).expand(batch, seq)
+    cos, sin = model.rope_local(positions, dtype)
+
+    def run() -> None:
+        with torch.no_grad():
+            for block in model.blocks[:n_blocks]:
+                for norm in (block.ln1, block.ln1_post, block.ln2, block.ln2_post):
+                    norm(x_BQM)
+                if block.attn.q_norm is not None:
+                    apply_rope(block.attn.q_norm(q_BQHD), cos, sin)
+                    apply_rope(block.attn.k_norm(k_BQGD), cos, sin)
+                F.gelu(gate_BQF, approximate="tanh") * up_BQF
+                x_BQM + x_BQM
+                x_BQM + x_BQM
 
     return run
 
@@ -108,14 +149,22 @@ def main() -> None:
         with torch.no_grad():
             hf(tokens, output_hidden_states=True, logits_to_keep=1)
 
+    floor_run = floor_fn(ours, args.batch, args.seq, LAYER + 1)
+    elementwise_run = elementwise_fn(ours, args.batch, args.seq, LAYER + 1)
+
+    def run_floor_and_elementwise():
+        floor_run()
+        elementwise_run()
+
     fns = {
         "g2interp run_with_cache": run_ours,
         "TransformerLens run_with_cache": run_tl,
         "transformers output_hidden_states": run_hf,
-        "floor: products + attention kernel": floor_fn(ours, args.batch, args.seq, LAYER + 1),
+        "floor: products + attention kernel": floor_run,
+        "floor + elementwise arithmetic": run_floor_and_elementwise,
     }
     times = {name: median(t) for name, t in interleaved(fns, args.repeats, args.device).items()}
-    diffs = [rel(a.float(), c.float()), rel(b.float(), c.float()), 0.0, None]
+    diffs = [rel(a.float(), c.float()), rel(b.float(), c.float()), 0.0, None, None]
     tl_time, floor = times["TransformerLens run_with_cache"], times["floor: products + attention kernel"]
     print(
         f"\ncapture {HOOK} (stop_at_layer={LAYER + 1}), batch {args.batch} x {args.seq}, {args.dtype} "
@@ -132,6 +181,12 @@ def main() -> None:
             f"{'' if d is None else f'{d:16.1e}'}"
         )
     print("(transformers runs all 18 blocks, as it cannot stop early, and unembeds the last position only)")
+    extra = times["floor + elementwise arithmetic"] - floor
+    print(
+        f"the elementwise arithmetic (norms, GELU, RoPE, residual adds) timed alone adds {extra:.3f} s "
+        f"({extra / floor:.1%} of the floor); g2interp spends {times['g2interp run_with_cache'] - floor:.3f} s "
+        "beyond the floor"
+    )
     print(loadavg())
 
 

@@ -83,7 +83,7 @@ summary() {
     case $1 in
         tests) tail -n 1 "$2" | tr -d '=' | sed 's/^ *//' ;;
         capture-*) awk '/^g2interp run_with_cache/ {printf "%s tok/s, %s TransformerLens, %s of floor", $4, $5, $6}' "$2" ;;
-        generate) awk '$2 == "g2interp" {printf "batch %s: %s tok/s, %s transformers, step %s floor, %s; ", $1, $3, $4, $6, $7}' "$2" ;;
+        generate) awk '$2 == "g2interp" && $3 != "full" {printf "batch %s: %s tok/s, %s transformers, step %s floor, %s; ", $1, $3, $4, $6, $7}' "$2" ;;
         sae-train) awk '$2 == "g2interp" {printf "%s: %s tok/s, %s SAELens; ", $1, $3, $6}' "$2" ;;
         moderation) awk -F'|' '$3 ~ /probe heads/ {gsub(/ /, ""); printf "%s policies: %s texts/s (%sx naive); ", $2, $4, $5}
                              /^check_prompt latency/ {sub(/.*: /, ""); printf "check_prompt %s", $0}' "$2" ;;

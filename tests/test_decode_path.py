@@ -193,3 +193,14 @@ def test_decoding_is_the_same_without_packed_weights(model):
         model.pack_decode_weights = True
     model.clear_decode_cache()
     assert all(b.mlp.down_proj._packed is None for b in model.blocks) and model._screen is None
+
+
+def test_a_model_with_decoding_copies_deep_copies(model):
+    import copy
+
+    out = model.generate("copy me", 4, stop_at_eos=False).tokens
+    assert model._screen is not None and model.blocks[0].mlp.down_proj._packed is not None
+    twin = copy.deepcopy(model)  # the copies are opaque tensors: left behind and rebuilt
+    assert twin._screen is None and twin.blocks[0].mlp.down_proj._packed is None
+    assert torch.equal(twin.generate("copy me", 4, stop_at_eos=False).tokens, out)
+    assert model._screen is not None

@@ -205,6 +205,9 @@ class HookedGemma(HookedRootModule):
         self._screen = None  # .to(), .half(), ...: the screen belongs to the old tensor
         return super()._apply(fn, recurse)
 
+    def __getstate__(self):
+        return {**self.__dict__, "_screen": None}  # deepcopy / pickle: the screen is rebuilt instead
+
     def _final_norm_last(self, resid_BQM: Tensor) -> Tensor:
         """``ln_final`` of the last position [B, 1, M]; its hooks, when listened to, see every position."""
         norm = self.ln_final

@@ -127,3 +127,6 @@ class Linear(nn.Linear):
     def _apply(self, fn, recurse=True):
         self._packed = None  # .to(), .half(), ...: the copy belongs to the old tensor
         return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_packed": None}  # deepcopy / pickle: the opaque copy is rebuilt instead
