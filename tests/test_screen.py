@@ -163,3 +163,17 @@ def test_final_norm_listeners_see_every_position_in_greedy_decoding():
     hooks = [("ln_final.hook_normalized", lambda x, hook: shapes.append(tuple(x.shape)))]
     model.generate(tokens, 2, fwd_hooks=hooks, stop_at_eos=False)
     assert shapes == [(1, tokens.shape[1], model.cfg.d_model), (1, 1, model.cfg.d_model)]
+
+
+def test_concurrent_greedy_generation_on_one_model():
+    """Threads sharing a model (the explorer's sessions) may build and replace its decoding copies at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = tiny_model(seed=14)
+    texts = ["one thread", "another thread", "a third", "and a fourth"]
+    expected = [model.generate(t, 6, stop_at_eos=False).tokens for t in texts]
+    for _ in range(3):
+        model.clear_decode_cache()
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda t: model.generate(t, 6, stop_at_eos=False).tokens, texts))
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))

@@ -170,11 +170,12 @@ class HookedGemma(HookedRootModule):
         W_VM = self.W_U
         if not (self.screen_greedy and screen.supported(W_VM)):
             return self.unembed(resid_BQM, last_only=True)[:, -1].argmax(dim=-1)
-        if self._screen is None or self._screen.key != screen.WeightKey.of(W_VM):
-            self._screen = None  # free the old copy before building the new one
-            self._screen = screen.ScreenedUnembedding(W_VM)
+        scr = self._screen  # one read: another thread may replace it meanwhile
+        if scr is None or scr.key != screen.WeightKey.of(W_VM):
+            self._screen = scr = None  # free the old copy before building the new one
+            self._screen = scr = screen.ScreenedUnembedding(W_VM)
         x_BM = self._final_norm_last(resid_BQM)[:, -1]
-        return self._screen.argmax(x_BM, W_VM, self.cfg.final_logit_softcap)
+        return scr.argmax(x_BM, W_VM, self.cfg.final_logit_softcap)
 
     @property
     def pack_decode_weights(self) -> bool:

@@ -113,11 +113,14 @@ class Linear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         W_OK = self.weight
         if self.pack_few_rows and packable(x, W_OK):
-            key = WeightKey.of(W_OK)
-            if self._packed is None or self._packed[0] != key:
-                self._packed = None  # free the stale copy first
-                self._packed = key, torch.ops.mkldnn._reorder_linear_weight(W_OK.detach(), PACK_ROWS_HINT)
-            return torch.ops.mkldnn._linear_pointwise(x, self._packed[1], None, "none", [], "")
+            key, packed = WeightKey.of(W_OK), self._packed  # one read: another thread may replace it
+            if packed is None or packed[0] != key:
+                self._packed = packed = None  # free the stale copy first
+                self._packed = packed = (
+                    key,
+                    torch.ops.mkldnn._reorder_linear_weight(W_OK.detach(), PACK_ROWS_HINT),
+                )
+            return torch.ops.mkldnn._linear_pointwise(x, packed[1], None, "none", [], "")
         return linear(x, W_OK)
 
     def clear_packed(self) -> None:
