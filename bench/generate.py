@@ -51,8 +51,7 @@ def kernel_rows(model, batches: list[int], repeats: int) -> list[tuple[str, int,
     The blocks' products run through ``F.linear``, ``W @ x.T`` and oneDNN on reordered weights; the
     unembedding through the first two and, for greedy decoding, the fp16 screen.
     """
-    from g2interp.model.kernels import PACK_ROWS_HINT, as_w_xt, packable, w_xt
-    from g2interp.model.screen import ScreenedUnembedding, supported
+    from g2interp.model.kernels import as_w_xt, packable, w_xt
 
     blocks = {
         "attn.qkv_proj": [b.attn.qkv_proj for b in model.blocks],
@@ -60,7 +59,7 @@ def kernel_rows(model, batches: list[int], repeats: int) -> list[tuple[str, int,
         "mlp.gate_up_proj": [b.mlp.gate_up_proj for b in model.blocks],
         "mlp.down_proj": [b.mlp.down_proj for b in model.blocks],
     }
-    screen = ScreenedUnembedding(model.W_U) if model.screen_greedy and supported(model.W_U) else None
+    screen = model.greedy_screen()  # the one the timed generations built
     out = []
     with torch.no_grad():
         for name, weights in [
@@ -74,7 +73,7 @@ def kernel_rows(model, batches: list[int], repeats: int) -> list[tuple[str, int,
                     "W @ x.T": lambda x_NK=x_NK, ws=weights: [w_xt(x_NK, w) for w in ws],
                 }
                 if name in blocks and packable(x_NK, weights[0]):
-                    packed = [torch.ops.mkldnn._reorder_linear_weight(w, PACK_ROWS_HINT) for w in weights]
+                    packed = [m.packed_weight() for m in blocks[name]]  # those the timed generations built
                     fns["oneDNN packed"] = lambda x_NK=x_NK, ps=packed: [
                         torch.ops.mkldnn._linear_pointwise(x_NK, p, None, "none", [], "") for p in ps
                     ]

@@ -18,7 +18,7 @@ from g2interp.config import AttentionType, ModelConfig
 from g2interp.model import hook_points, screen
 from g2interp.model.attention import AttentionMasks
 from g2interp.model.hook_points import listened
-from g2interp.model.kernels import Linear, linear
+from g2interp.model.kernels import Linear, WeightKey, linear, weight_copy
 from g2interp.model.kv_cache import KVCache
 from g2interp.model.layers import GemmaBlock, RMSNorm, RotaryEmbedding, embed_scale
 from g2interp.tokenizer import GemmaTokenizer
@@ -67,7 +67,7 @@ class HookedGemma(HookedRootModule):
         """Greedy decoding on the CPU in fp32 takes its argmax through a half-precision screen of the
         unembedding (:mod:`g2interp.model.screen`: the same tokens, 335 MB more memory for Gemma 3
         270M); False computes every logit."""
-        self._screen: screen.ScreenedUnembedding | None = None
+        self._screen: tuple[WeightKey, screen.ScreenedUnembedding] | None = None
         self.setup()
 
     # ------------------------------------------------------------------ properties
@@ -167,29 +167,31 @@ class HookedGemma(HookedRootModule):
         The argmax of :meth:`unembed`'s last logits; on the CPU in fp32 (with :attr:`screen_greedy`)
         found through :class:`~g2interp.model.screen.ScreenedUnembedding` without computing them all.
         """
-        W_VM = self.W_U
-        if not (self.screen_greedy and screen.supported(W_VM)):
+        scr = self.greedy_screen()
+        if scr is None:
             return self.unembed(resid_BQM, last_only=True)[:, -1].argmax(dim=-1)
-        scr = self._screen  # one read: another thread may replace it meanwhile
-        if scr is None or scr.key != screen.WeightKey.of(W_VM):
-            self._screen = scr = None  # free the old copy before building the new one
-            self._screen = scr = screen.ScreenedUnembedding(W_VM)
         x_BM = self._final_norm_last(resid_BQM)[:, -1]
-        return scr.argmax(x_BM, W_VM, self.cfg.final_logit_softcap)
+        return scr.argmax(x_BM, self.W_U, self.cfg.final_logit_softcap)
+
+    def greedy_screen(self) -> screen.ScreenedUnembedding | None:
+        """The screen :meth:`greedy_tokens` uses for the current unembedding (built if needed); None
+        where it does not serve (:attr:`screen_greedy` off, not fp32 on the CPU, no FBGEMM)."""
+        if not (self.screen_greedy and screen.supported(self.W_U)):
+            return None
+        return weight_copy(self, "_screen", self.W_U, screen.ScreenedUnembedding)
 
     @property
     def pack_decode_weights(self) -> bool:
         """Whether products of fewer than 8 rows without gradients (decoding) run on reordered oneDNN
         copies of the blocks' weights (:class:`~g2interp.model.kernels.Linear`; as much memory again
         as the blocks' weights, 400 MB for Gemma 3 270M). True by default."""
-        return all(m.pack_few_rows for m in self.modules() if isinstance(m, Linear))
+        return all(m.pack_few_rows for m in self._linears())
 
     @pack_decode_weights.setter
     def pack_decode_weights(self, value: bool) -> None:
-        for m in self.modules():
-            if isinstance(m, Linear):
-                m.pack_few_rows = bool(value)
-                m.clear_packed()
+        for m in self._linears():
+            m.pack_few_rows = bool(value)
+            m.clear_packed()
 
     def clear_decode_cache(self) -> None:
         """Drop the decoding copies of the weights: the greedy screen's and the reordered blocks' ones.
@@ -198,9 +200,11 @@ class HookedGemma(HookedRootModule):
         needed only after editing weights through ``.data``, which PyTorch does not track.
         """
         self._screen = None
-        for m in self.modules():
-            if isinstance(m, Linear):
-                m.clear_packed()
+        for m in self._linears():
+            m.clear_packed()
+
+    def _linears(self) -> Iterator[Linear]:
+        return (m for m in self.modules() if isinstance(m, Linear))
 
     def _apply(self, fn, recurse=True):
         self._screen = None  # .to(), .half(), ...: the screen belongs to the old tensor

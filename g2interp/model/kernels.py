@@ -27,12 +27,15 @@ through PyTorch; see :class:`Linear` for what it does not see.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
+
+T = TypeVar("T")
 
 FEW_ROWS = range(2, 8)
 """Row counts computed as ``W @ x.T`` (fp32, CPU)."""
@@ -85,6 +88,20 @@ class WeightKey(NamedTuple):
         return cls(W.data_ptr(), W._version, tuple(W.shape), W.dtype, W.device)
 
 
+def weight_copy(owner: object, attr: str, W: Tensor, build: Callable[[Tensor], T]) -> T:
+    """``build(W)``, kept in ``owner.attr`` as ``(WeightKey, copy)`` and rebuilt when ``W``'s key changes.
+
+    The decoding copies (reordered blocks' weights, the greedy screen) are held this way. The
+    attribute is read once, so a thread replacing it meanwhile cannot hand this one a ``None``.
+    """
+    key, held = WeightKey.of(W), getattr(owner, attr)
+    if held is None or held[0] != key:
+        setattr(owner, attr, None)  # free the stale copy before building the new one
+        held = key, build(W.detach())
+        setattr(owner, attr, held)
+    return held[1]
+
+
 def packable(x: Tensor, W_OK: Tensor) -> bool:
     """Whether a product may run on a reordered oneDNN copy of ``W``: few fp32 CPU rows, no gradient."""
     return (
@@ -111,17 +128,15 @@ class Linear(nn.Linear):
         self._packed: tuple[WeightKey, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        W_OK = self.weight
-        if self.pack_few_rows and packable(x, W_OK):
-            key, packed = WeightKey.of(W_OK), self._packed  # one read: another thread may replace it
-            if packed is None or packed[0] != key:
-                self._packed = packed = None  # free the stale copy first
-                self._packed = packed = (
-                    key,
-                    torch.ops.mkldnn._reorder_linear_weight(W_OK.detach(), PACK_ROWS_HINT),
-                )
-            return torch.ops.mkldnn._linear_pointwise(x, packed[1], None, "none", [], "")
-        return linear(x, W_OK)
+        if self.pack_few_rows and packable(x, self.weight):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), None, "none", [], "")
+        return linear(x, self.weight)
+
+    def packed_weight(self) -> Tensor:
+        """The reordered oneDNN copy of the weight few-row products run on (built if needed)."""
+        return weight_copy(
+            self, "_packed", self.weight, lambda W: torch.ops.mkldnn._reorder_linear_weight(W, PACK_ROWS_HINT)
+        )
 
     def clear_packed(self) -> None:
         """Drop the reordered copy (rebuilt at the next few-row product)."""

@@ -35,8 +35,6 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from g2interp.model.kernels import WeightKey
-
 log = logging.getLogger(__name__)
 
 MAX_CANDIDATES = 4096
@@ -64,7 +62,7 @@ class ScreenedUnembedding:
                 f"{tuple(W_VM.shape)} on {W_VM.device} (engines: {torch.backends.quantized.supported_engines})"
             )
         W_VM = W_VM.detach()
-        self.key = WeightKey.of(W_VM)
+        self.n_rows = W_VM.shape[0]
         lo, hi = W_VM.aminmax()
         fp16_max = torch.finfo(torch.float16).max
         if not -fp16_max <= float(lo) <= float(hi) <= fp16_max:  # out of fp16's range, or NaN
@@ -87,7 +85,7 @@ class ScreenedUnembedding:
     def candidates(self, x_BM: Float[Tensor, "batch d_model"]) -> Bool[Tensor, "batch vocab"]:
         """Rows [B, V] that may hold each input's largest fp32 logit."""
         if not self.packed:
-            return torch.ones(x_BM.shape[0], self.key.shape[0], dtype=torch.bool, device=x_BM.device)
+            return torch.ones(x_BM.shape[0], self.n_rows, dtype=torch.bool, device=x_BM.device)
         screen_BV = self.screen(x_BM)
         # both the true argmax and the screen's best lie within slack * ||x|| of their screened values
         margin_B1 = 2 * self.slack * x_BM.double().norm(dim=-1, keepdim=True) * (1 + 1e-6)
